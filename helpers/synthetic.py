@@ -1,0 +1,289 @@
+"""Offline stand-ins for SmolVLM2: the real classes and code path, random weights, a locally trained tokenizer.
+
+The Hugging Face Hub is not always reachable (classrooms, CI, air-gapped machines). These stand-ins let every
+notebook run the same Optimum Intel / OpenVINO calls as with the real model:
+
+- ``synthetic-tiny``: a few hundred thousand parameters, built in seconds; used by the tests.
+- ``synthetic-256m``: the full SmolVLM2-256M architecture (256.5M parameters); its timings are realistic.
+
+Their text is meaningless (random weights); their shapes, tiling, token counts and timings are real.
+Writing this by hand is unavoidable: no library ships a SmolVLM with random weights and a matching tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+# The real model's chat template (SmolVLM2-256M-Video-Instruct); the tests check it renders the same way.
+CHAT_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}"
+    "{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% elif line['type'] == 'video' %}{{ '<video>' }}{% endif %}"
+    "{% endfor %}<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+
+STANDIN_MARKER = "standin.json"
+STANDIN_NOTE = "Random weights and a locally trained tokenizer: its text is meaningless, its timings are real."
+STANDIN_VERSION = 1  # bump when a change here makes earlier builds stale; ensure_standin then rebuilds
+SEED = 20251015  # the source blog's date; any fixed value makes the build deterministic
+
+# Tokens the trainer puts first (ids 0, 1, 2), as in SmolLM2's tokenizer.
+_BASE_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+_ROW_COL = [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)]
+# Added after the BPE vocabulary in the real model's order, so that with a 49152-token base
+# <fake_token_around_image> is 49189 and <image> is 49190, as in the real config.
+_ADDED = ["<global-img>", *_ROW_COL, "<fake_token_around_image>", "<image>", "<video>"]
+_END_OF_UTTERANCE = "<end_of_utterance>"  # always the last id, like the real 49279
+
+
+@dataclass(frozen=True)
+class StandinSpec:
+    """Sizes of one stand-in. Vision and processor settings match the real model in both sizes."""
+
+    name: str
+    base_vocab: int  # BPE vocabulary incl. the three base special tokens
+    vocab_size: int  # rows of the embedding and output head
+    text_hidden: int
+    text_intermediate: int
+    text_layers: int
+    text_heads: int
+    text_kv_heads: int
+    head_dim: int
+    vision_hidden: int
+    vision_intermediate: int
+    vision_layers: int
+    vision_heads: int
+
+
+SPECS: dict[str, StandinSpec] = {
+    "synthetic-tiny": StandinSpec(
+        name="synthetic-tiny", base_vocab=600, vocab_size=648,
+        text_hidden=64, text_intermediate=128, text_layers=2, text_heads=4, text_kv_heads=2, head_dim=16,
+        vision_hidden=32, vision_intermediate=64, vision_layers=2, vision_heads=2,
+    ),
+    "synthetic-256m": StandinSpec(
+        name="synthetic-256m", base_vocab=49152, vocab_size=49280,
+        text_hidden=576, text_intermediate=1536, text_layers=30, text_heads=9, text_kv_heads=3, head_dim=64,
+        vision_hidden=768, vision_intermediate=3072, vision_layers=12, vision_heads=12,
+    ),
+}
+
+# Real SmolVLM2 processor settings (both stand-ins use them, so tiling and token counts are real).
+IMAGE_SIZE = 512  # one tile, pixels
+PATCH_SIZE = 16
+SCALE_FACTOR = 4
+IMAGE_SEQ_LEN = (IMAGE_SIZE // PATCH_SIZE) ** 2 // SCALE_FACTOR**2  # 64 tokens per tile
+LONGEST_EDGE = 2048  # a photo is resized to this longest edge, then cut into 512-pixel tiles
+
+_SENTENCES = [
+    "What is in this image?", "Describe this image in detail.", "What color is the cat?",
+    "How many people are in the picture?", "What is the person holding?", "Is this photo taken indoors?",
+    "What is written on the page?", "What is happening in this video?", "A cup of coffee on a saucer.",
+    "An astronaut in a white suit holds a helmet.", "A rocket stands on the launch pad.",
+    "A red motorcycle parked in a studio.", "The cat is lying on a blanket and looks at the camera.",
+    "Galaxies shine in the deep field of the Hubble telescope.", "The answer is yes.", "The answer is no.",
+    "User: Assistant: image video text question answer frame second minute",
+]
+
+
+def _corpus(n_words: int, rng: random.Random) -> list[str]:
+    """English sentences plus pseudo-words from fixed syllables: enough distinct text for any vocab size."""
+    onsets = ["", "b", "c", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "w", "z",
+              "br", "ch", "st", "tr", "sh", "pl", "gr", "th"]
+    vowels = ["a", "e", "i", "o", "u", "ai", "ou", "ea", "y"]
+    codas = ["", "", "n", "s", "t", "r", "l", "m", "ck", "nd", "st"]
+    lines = _SENTENCES * 50
+    words = []
+    for _ in range(n_words):
+        syl = rng.randint(1, 4)
+        words.append("".join(rng.choice(onsets) + rng.choice(vowels) + rng.choice(codas) for _ in range(syl)))
+    for i in range(0, len(words), 12):
+        chunk = words[i : i + 12]
+        if rng.random() < 0.3:
+            chunk[0] = chunk[0].capitalize()
+        lines.append(" ".join(chunk) + rng.choice([".", ",", "?", "!", ""]))
+    return lines
+
+
+def build_tokenizer(spec: StandinSpec, seed: int = SEED):
+    """Train a byte-level BPE tokenizer locally, with SmolVLM's special tokens, covering every row of the model."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    rng = random.Random(seed)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=spec.base_vocab,
+        special_tokens=_BASE_SPECIAL,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    n_words = 400 if spec.base_vocab < 1000 else 600_000
+    tok.train_from_iterator(_corpus(n_words, rng), trainer=trainer)
+    if tok.get_vocab_size() != spec.base_vocab:
+        raise RuntimeError(f"tokenizer training reached {tok.get_vocab_size()} tokens, expected {spec.base_vocab}")
+
+    n_reserved = spec.vocab_size - spec.base_vocab - len(_ADDED) - 1
+    reserved = [f"<|reserved_{i}|>" for i in range(n_reserved)]
+    return _with_ordered_added_tokens(tok, spec, reserved)
+
+
+def _with_ordered_added_tokens(tok, spec: StandinSpec, reserved: list[str]):
+    """Add SmolVLM's tokens in a fixed order after the BPE vocabulary, <end_of_utterance> last."""
+    from tokenizers import AddedToken
+    from transformers import GPT2TokenizerFast
+
+    ordered = [*_ADDED, *reserved, _END_OF_UTTERANCE]
+    # As in the real tokenizer, the image/row/column tokens are special: skip_special_tokens drops them.
+    tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in ordered])
+    # GPT2TokenizerFast, as in the real model's tokenizer_config.json (input_ids + attention_mask only).
+    fast = GPT2TokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|im_start|>",
+        eos_token=_END_OF_UTTERANCE,
+        pad_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+        additional_special_tokens=["<fake_token_around_image>", "<image>", _END_OF_UTTERANCE],
+        model_max_length=8192,
+        clean_up_tokenization_spaces=False,
+    )
+    if len(fast) != spec.vocab_size:
+        raise RuntimeError(f"tokenizer has {len(fast)} tokens, the model has {spec.vocab_size} rows")
+    return fast
+
+
+def build_processor(tokenizer):
+    """SmolVLM2's processor with the real model's settings (tiling, normalisation, video sampling)."""
+    from transformers import SmolVLMImageProcessor, SmolVLMProcessor, SmolVLMVideoProcessor
+    from transformers.image_utils import PILImageResampling
+
+    image_processor = SmolVLMImageProcessor(
+        do_resize=True,
+        size={"longest_edge": LONGEST_EDGE},
+        resample=PILImageResampling.LANCZOS,
+        do_image_splitting=True,
+        max_image_size={"longest_edge": IMAGE_SIZE},
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    )
+    video_processor = SmolVLMVideoProcessor(
+        video_sampling={"fps": 1, "max_frames": 64, "video_size": {"longest_edge": IMAGE_SIZE}},
+        size={"longest_edge": IMAGE_SIZE},
+        max_image_size={"longest_edge": IMAGE_SIZE},
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+        do_sample_frames=True,
+    )
+    return SmolVLMProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=video_processor,
+        image_seq_len=IMAGE_SEQ_LEN,
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def build_config(spec: StandinSpec, tokenizer):
+    """A ``SmolVLMConfig`` of the given size; token ids are taken from the tokenizer."""
+    from transformers import SmolVLMConfig
+
+    eou = tokenizer.convert_tokens_to_ids(_END_OF_UTTERANCE)
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    config = SmolVLMConfig(
+        vision_config={
+            "hidden_size": spec.vision_hidden,
+            "intermediate_size": spec.vision_intermediate,
+            "num_hidden_layers": spec.vision_layers,
+            "num_attention_heads": spec.vision_heads,
+            "image_size": IMAGE_SIZE,
+            "patch_size": PATCH_SIZE,
+        },
+        text_config={
+            "model_type": "llama",
+            "vocab_size": spec.vocab_size,
+            "hidden_size": spec.text_hidden,
+            "intermediate_size": spec.text_intermediate,
+            "num_hidden_layers": spec.text_layers,
+            "num_attention_heads": spec.text_heads,
+            "num_key_value_heads": spec.text_kv_heads,
+            "head_dim": spec.head_dim,
+            "max_position_embeddings": 8192,
+            "rope_theta": 100000.0,
+            "rms_norm_eps": 1e-5,
+            "tie_word_embeddings": False,
+            "pad_token_id": im_end,
+            "bos_token_id": tokenizer.convert_tokens_to_ids("<|im_start|>"),
+            "eos_token_id": eou,
+        },
+        scale_factor=SCALE_FACTOR,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        pad_token_id=im_end,
+        tie_word_embeddings=False,
+    )
+    config.eos_token_id = eou
+    # Travels inside config.json through export and quantization, so every IR folder says it is a stand-in.
+    config.standin = {"name": spec.name, "note": STANDIN_NOTE}
+    config.bos_token_id = config.text_config.bos_token_id
+    return config
+
+
+def build_standin(name: str, dest: Path, seed: int = SEED) -> Path:
+    """Build stand-in ``name`` into ``dest`` (model, processor, tokenizer, generation config, marker file).
+
+    Deterministic for a given seed. Writes to a temporary sibling folder and renames it into place at the end,
+    so an interrupted build never leaves a folder that looks complete.
+    """
+    import torch
+    from transformers import GenerationConfig, SmolVLMForConditionalGeneration
+
+    if name not in SPECS:
+        raise ValueError(f"unknown stand-in {name!r}; choose one of {sorted(SPECS)}")
+    spec = SPECS[name]
+    dest = Path(dest)
+    tmp = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+
+    start = time.perf_counter()
+    tokenizer = build_tokenizer(spec, seed)
+    processor = build_processor(tokenizer)
+    config = build_config(spec, tokenizer)
+    torch.manual_seed(seed)
+    model = SmolVLMForConditionalGeneration(config).eval()
+    model.generation_config = GenerationConfig(
+        bos_token_id=config.bos_token_id,
+        eos_token_id=[config.pad_token_id, config.eos_token_id],
+        pad_token_id=config.pad_token_id,
+    )
+    model.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    n_params = sum(p.numel() for p in model.parameters())
+    marker = {
+        "name": name,
+        "version": STANDIN_VERSION,
+        "seed": seed,
+        "parameters": n_params,
+        "note": STANDIN_NOTE,
+        "build_seconds": round(time.perf_counter() - start, 1),
+    }
+    (tmp / STANDIN_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+    return dest
+
+
+def read_marker(folder: Path) -> dict | None:
+    """The stand-in marker of a model folder (a built stand-in or an IR made from one), or ``None``."""
+    path = Path(folder) / STANDIN_MARKER
+    if path.is_file():
+        return json.loads(path.read_text())
+    config = Path(folder) / "config.json"
+    return json.loads(config.read_text()).get("standin") if config.is_file() else None
