@@ -1,0 +1,104 @@
+"""``make run``: execute every notebook under ``notebooks/`` in order into ``runs/latest/`` (.ipynb and .html).
+
+Shows a progress bar per notebook, records each notebook's wall time and peak memory (the kernel's RSS,
+sampled) in ``runs/latest/run_summary.json``, and stops at the first failing notebook, keeping its partial output.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+from helpers.models import ModelUnavailableError, resolve_model
+from helpers.paths import REPO_ROOT, runs_dir
+
+
+def _peak_rss_sampler(pid: int, stop: threading.Event, result: dict) -> None:
+    import psutil
+
+    peak = 0
+    try:
+        proc = psutil.Process(pid)
+        while not stop.is_set():
+            rss = proc.memory_info().rss + sum(c.memory_info().rss for c in proc.children(recursive=True))
+            peak = max(peak, rss)
+            stop.wait(0.2)
+    except psutil.Error:
+        pass
+    result["peak_rss_bytes"] = peak
+
+
+def execute_notebook(path: Path, out_dir: Path) -> dict:
+    """Execute one notebook cell by cell with a progress bar; write executed .ipynb and .html to ``out_dir``."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+    from nbconvert import HTMLExporter
+    from tqdm import tqdm
+
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=None, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
+    code_cells = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    record: dict = {"notebook": path.name, "status": "ok"}
+    stop, sampled = threading.Event(), {}
+    start = time.perf_counter()
+    try:
+        with client.setup_kernel():
+            sampler = threading.Thread(
+                target=_peak_rss_sampler, args=(client.km.provisioner.pid, stop, sampled), daemon=True
+            )
+            sampler.start()
+            for index in tqdm(code_cells, desc=path.stem, unit="cell", file=sys.stdout):
+                client.execute_cell(nb.cells[index], index)
+    except CellExecutionError as err:
+        record["status"] = "failed"
+        record["error"] = str(err).strip().splitlines()[-1][:500]
+    finally:
+        stop.set()
+        record["seconds"] = round(time.perf_counter() - start, 1)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, out_dir / path.name)
+        html, _ = HTMLExporter().from_notebook_node(nb)
+        (out_dir / f"{path.stem}.html").write_text(html)
+    time.sleep(0.3)
+    record["peak_rss_MB"] = round(sampled.get("peak_rss_bytes", 0) / 1e6, 1)
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    notebooks = sorted((REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    if argv:
+        notebooks = [nb for nb in notebooks if any(nb.name.startswith(a) for a in argv)]
+    try:
+        choice = resolve_model()  # fail fast, before any kernel starts, with one clear sentence
+    except ModelUnavailableError as err:
+        print(f"\n{err}\n", file=sys.stderr)
+        return 2
+    out_dir = runs_dir()
+    print(f"Running {len(notebooks)} notebooks with model {choice.slug!r} into {out_dir}")
+    if choice.is_standin:
+        print(f"(stand-in: random weights, its text is meaningless, its timings are real"
+              f"{'; fell back because ' + choice.reason if choice.fell_back else ''})")
+    summary = {"model": choice.requested, "resolved": choice.slug, "stand_in": choice.is_standin,
+               "fell_back": choice.fell_back, "notebooks": []}
+    status = 0
+    for nb in notebooks:
+        record = execute_notebook(nb, out_dir)
+        summary["notebooks"].append(record)
+        print(f"  {nb.name}: {record['status']} in {record['seconds']} s, peak memory {record['peak_rss_MB']} MB")
+        (out_dir / "run_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if record["status"] != "ok":
+            print(f"\n{nb.name} failed: {record.get('error', '')}\nSee {out_dir / (nb.stem + '.html')}", file=sys.stderr)
+            status = 1
+            break
+    else:
+        print(f"All notebooks ran. Open {out_dir} for the executed notebooks and HTML.")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
