@@ -1,0 +1,32 @@
+# Two commands do everything on a fresh machine (both create .venv on first use):
+#   make run    execute every notebook in order into runs/latest/ (executed .ipynb + HTML, results)
+#   make test   unit tests of helpers + every notebook executed by nbval with the tiny stand-in
+# Pick the model with VLM_MODEL (see README). Extra: make prefetch, make clean-models.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test prefetch lab clean-models
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
+	@touch $@
+
+run: $(STAMP)
+	$(PY) -m helpers.run_series $(NOTEBOOKS)
+
+test: $(STAMP)
+	VLM_MODEL=synthetic-tiny $(PY) -m pytest --nbval-lax --nbval-cell-timeout=1800 -p no:cacheprovider $(PYTEST_ARGS)
+
+prefetch: $(STAMP)
+	$(PY) -m helpers.prefetch
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab notebooks/
+
+clean-models:
+	rm -rf models/
