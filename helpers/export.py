@@ -143,3 +143,27 @@ def describe_submodels(folder: Path):
             }
         )
     return pd.DataFrame(rows).set_index("submodel")
+
+
+VARIANTS = ("fp32", "int8", "int4", "mixed")  # as exported (notebook 01) and the recipes of notebook 02
+
+
+def export_fp32(choice: ModelChoice, *, force: bool = False) -> Path:
+    """The full-precision IR of ``choice`` (notebook 01's Python-API export), exported now if it is missing.
+
+    Later notebooks call this so each can run on its own; notebook 01 shows the same calls step by step.
+    """
+    from optimum.intel import OVModelForVisualCausalLM
+    from transformers import AutoProcessor
+
+    def build(folder: Path) -> None:
+        model = OVModelForVisualCausalLM.from_pretrained(choice.source, export=True, load_in_8bit=False, compile=False)
+        model.save_pretrained(folder)
+        AutoProcessor.from_pretrained(choice.source).save_pretrained(folder)
+
+    return build_atomically(variant_dir(choice, "fp32"), build, force=force)
+
+
+def existing_variants(choice: ModelChoice) -> dict[str, Path]:
+    """``{variant: folder}`` of the complete IR variants of ``choice`` on disk, in ``VARIANTS`` order."""
+    return {v: variant_dir(choice, v) for v in VARIANTS if is_complete(variant_dir(choice, v))}
