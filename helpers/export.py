@@ -33,6 +33,14 @@ def variant_dir(choice: ModelChoice, variant: str) -> Path:
     return models_dir() / choice.slug / variant
 
 
+class CorruptIRError(RuntimeError):
+    """An IR folder on disk is damaged; the message names the file and the fix."""
+
+
+class InsufficientDiskSpaceError(RuntimeError):
+    """Not enough free disk for an export or quantization; the message says how much is needed."""
+
+
 def missing_files(folder: Path) -> list[str]:
     """Files an exported SmolVLM folder must have but ``folder`` lacks (empty list: complete)."""
     folder = Path(folder)
@@ -42,28 +50,110 @@ def missing_files(folder: Path) -> list[str]:
     return [name for name in needed if not (folder / name).is_file()]
 
 
+def problems(folder: Path) -> list[str]:
+    """Why ``folder`` can't be used as a finished export (empty list: it can).
+
+    Cheap checks, run every time a notebook looks for a variant: missing files, files whose size changed since
+    they were written (truncated copies, interrupted syncs), and exports made by other library versions.
+    """
+    folder = Path(folder)
+    missing = missing_files(folder)
+    if missing:
+        return [f"missing {name}" for name in missing]
+    marker = json.loads((folder / COMPLETE_MARKER).read_text())
+    found = []
+    for name, size in marker.get("file_sizes", {}).items():
+        actual = (folder / name).stat().st_size if (folder / name).is_file() else None
+        if actual != size:
+            found.append(f"{name} is {actual} bytes but was {size} bytes when written")
+    for package, version in _versions().items():
+        if marker.get(package) not in (None, version):
+            found.append(f"made with {package} {marker[package]}, this environment has {version}")
+    return found
+
+
 def is_complete(folder: Path) -> bool:
-    """True when ``folder`` holds a finished export (all three submodels and the completion marker)."""
-    return Path(folder).is_dir() and not missing_files(folder)
+    """True when ``folder`` holds a finished, undamaged export made by this environment's library versions."""
+    return Path(folder).is_dir() and not problems(folder)
 
 
-def build_atomically(dest: Path, build: Callable[[Path], None], *, force: bool = False) -> Path:
+def check_ir(folder: Path) -> Path:
+    """Raise :class:`CorruptIRError` naming the damaged file when ``folder`` can't load; else return it.
+
+    Besides :func:`problems`, parses each graph and checks its weights file holds every constant the graph needs.
+    """
+    import xml.etree.ElementTree as ET
+
+    folder = Path(folder)
+    fix = f"delete {folder} and run the notebook that made it again (it rebuilds missing variants)"
+    if not folder.is_dir():
+        raise CorruptIRError(f"{folder} does not exist; run notebooks 01 and 02 to create it")
+    found = problems(folder)
+    if found:
+        raise CorruptIRError(f"{folder} is not a usable export: {'; '.join(found)}; {fix}.")
+    for xml, bin_ in ir_files(folder).values():
+        try:
+            root = ET.parse(xml).getroot()
+        except ET.ParseError as err:
+            raise CorruptIRError(f"{xml} is corrupted (not valid XML: {err}); {fix}.") from None
+        ends = [int(d.get("offset", 0)) + int(d.get("size", 0)) for d in root.iter("data") if d.get("size")]
+        if ends and max(ends) > bin_.stat().st_size:
+            raise CorruptIRError(
+                f"{bin_} is corrupted (truncated: {bin_.stat().st_size} bytes, its graph needs {max(ends)}); {fix}."
+            )
+    return folder
+
+
+def estimate_export_bytes(source: str) -> int | None:
+    """Disk an fp32 export of ``source`` needs, from the size of its weights (``None`` if not local yet)."""
+    folder = Path(source)
+    files = list(folder.glob("*.safetensors")) if folder.is_dir() else []
+    if not files:
+        return None
+    config = json.loads((folder / "config.json").read_text())
+    dtype = config.get("torch_dtype") or config.get("dtype") or "float32"
+    scale = 4 / (2 if dtype in ("bfloat16", "float16") else 4)
+    return int(sum(f.stat().st_size for f in files) * scale * 1.1)
+
+
+def check_free_space(folder: Path, needed_bytes: int | None) -> None:
+    """Say how much disk a step needs and how much is free; raise if it clearly won't fit."""
+    if not needed_bytes:
+        return
+    parent = Path(folder)
+    while not parent.exists():
+        parent = parent.parent
+    free = shutil.disk_usage(parent).free
+    print(f"This step writes about {needed_bytes / 1e6:,.0f} MB; {free / 1e9:,.1f} GB free on {parent}.")
+    if free < needed_bytes * 1.2:
+        raise InsufficientDiskSpaceError(
+            f"Not enough disk space for {folder}: it needs about {needed_bytes / 1e6:,.0f} MB and only "
+            f"{free / 1e6:,.0f} MB are free; free some space (e.g. `make clean-models`) or set VLM_MODELS_DIR "
+            "to a larger disk."
+        )
+
+
+def build_atomically(
+    dest: Path, build: Callable[[Path], None], *, force: bool = False, needed_bytes: int | None = None
+) -> Path:
     """Run ``build(tmp_folder)`` and move its result to ``dest`` only when it is a complete export.
 
-    Skips the work when ``dest`` is already complete (unless ``force``); a leftover incomplete ``dest`` or
-    temporary folder from an interrupted run is reported and rebuilt.
+    Skips the work when ``dest`` is already complete (unless ``force``); a leftover incomplete, damaged or stale
+    ``dest`` or temporary folder from an interrupted run is reported and rebuilt. ``needed_bytes`` (an estimate)
+    is checked against the free disk first.
     """
     dest = Path(dest)
     if is_complete(dest) and not force:
         print(f"Skipped: a complete export is already at {dest}")
         return dest
     if dest.exists():
-        print(f"Found an incomplete folder at {dest} (missing: {', '.join(missing_files(dest))}); rebuilding it.")
+        print(f"Found an unusable folder at {dest} ({'; '.join(problems(dest)) or 'rebuild requested'}); rebuilding it.")
         shutil.rmtree(dest)
     tmp = dest.with_name(dest.name + PARTIAL_SUFFIX)
     if tmp.exists():
         print(f"Removing {tmp}, left over from an interrupted run.")
         shutil.rmtree(tmp)
+    check_free_space(dest, needed_bytes)
     tmp.mkdir(parents=True)
     start = time.perf_counter()
     with warnings.catch_warnings():
@@ -72,10 +162,12 @@ def build_atomically(dest: Path, build: Callable[[Path], None], *, force: bool =
         warnings.filterwarnings("ignore", message=".*registered as constants in the trace.*")
         build(tmp)
     seconds = time.perf_counter() - start
-    (tmp / COMPLETE_MARKER).write_text(json.dumps(_versions() | {"build_seconds": round(seconds, 1)}, indent=2))
-    missing = missing_files(tmp)
+    missing = [name for name in missing_files(tmp) if name != COMPLETE_MARKER]
     if missing:
         raise RuntimeError(f"the export into {tmp} did not produce {', '.join(missing)}; nothing was moved into place")
+    sizes = {f.name: f.stat().st_size for f in sorted(tmp.iterdir()) if f.suffix in (".xml", ".bin")}
+    marker = _versions() | {"build_seconds": round(seconds, 1), "file_sizes": sizes}
+    (tmp / COMPLETE_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
     os.replace(tmp, dest)
     print(f"Done in {seconds:.1f} s: {dest}")
     return dest
@@ -87,7 +179,7 @@ def _versions() -> dict[str, str]:
     return {pkg: version(pkg) for pkg in ("openvino", "optimum-intel", "transformers", "nncf")}
 
 
-def run_cli(command: list[str], dest: Path, *, force: bool = False) -> Path:
+def run_cli(command: list[str], dest: Path, *, force: bool = False, needed_bytes: int | None = None) -> Path:
     """Run an ``optimum-cli export openvino ...`` command with a temporary output folder, then move it into place.
 
     The command's own output streams into the notebook (PyTorch tracer warnings are left out: they are expected).
@@ -111,7 +203,7 @@ def run_cli(command: list[str], dest: Path, *, force: bool = False) -> Path:
         if process.wait() != 0:
             raise RuntimeError(f"optimum-cli failed with exit code {process.returncode}; see its output above")
 
-    return build_atomically(dest, build, force=force)
+    return build_atomically(dest, build, force=force, needed_bytes=needed_bytes)
 
 
 def ir_files(folder: Path) -> dict[str, tuple[Path, Path]]:
@@ -161,7 +253,8 @@ def export_fp32(choice: ModelChoice, *, force: bool = False) -> Path:
         model.save_pretrained(folder)
         AutoProcessor.from_pretrained(choice.source).save_pretrained(folder)
 
-    return build_atomically(variant_dir(choice, "fp32"), build, force=force)
+    needed = estimate_export_bytes(choice.source)
+    return build_atomically(variant_dir(choice, "fp32"), build, force=force, needed_bytes=needed)
 
 
 def existing_variants(choice: ModelChoice) -> dict[str, Path]:

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import pytest
 
 from helpers import export
@@ -51,7 +58,7 @@ def test_leftovers_of_an_interrupted_run_are_reported_and_rebuilt(tmp_path, caps
     (dest / "config.json").write_text("{}")  # e.g. copied by hand, never finished
     export.build_atomically(dest, _fake_export)
     out = capsys.readouterr().out
-    assert "incomplete folder" in out and "openvino_language_model.xml" in out and "interrupted run" in out
+    assert "unusable folder" in out and "missing openvino_language_model.xml" in out and "interrupted run" in out
     assert export.is_complete(dest)
 
 
@@ -69,3 +76,69 @@ def test_tiny_model_exports_with_three_submodels(tmp_path, tiny_standin):
     from helpers import synthetic
 
     assert synthetic.read_marker(dest)["name"] == "synthetic-tiny"  # the stand-in label survives export
+
+
+def test_a_truncated_weights_file_is_detected_named_and_rebuilt(tmp_path, capsys):
+    dest = export.build_atomically(tmp_path / "int8", _fake_export)
+    bin_ = dest / "openvino_language_model.bin"
+    bin_.write_bytes(b"\0" * 3)  # e.g. a copy to a USB stick that ran out of space
+    assert export.problems(dest) == ["openvino_language_model.bin is 3 bytes but was 10 bytes when written"]
+    with pytest.raises(export.CorruptIRError, match="openvino_language_model.bin is 3 bytes.*delete .*int8"):
+        export.check_ir(dest)
+    export.build_atomically(dest, _fake_export)
+    assert "unusable folder" in capsys.readouterr().out and bin_.stat().st_size == 10
+
+
+def test_an_export_from_other_library_versions_is_stale(tmp_path):
+    dest = export.build_atomically(tmp_path / "fp32", _fake_export)
+    marker = json.loads((dest / export.COMPLETE_MARKER).read_text())
+    marker["optimum-intel"] = "1.25.2"
+    (dest / export.COMPLETE_MARKER).write_text(json.dumps(marker))
+    assert not export.is_complete(dest)
+    assert any("made with optimum-intel 1.25.2" in p for p in export.problems(dest))
+
+
+def test_check_ir_reads_the_graph_and_names_a_damaged_file(tmp_path, tiny_standin):
+    from optimum.intel import OVModelForVisualCausalLM
+
+    def build(folder):
+        OVModelForVisualCausalLM.from_pretrained(tiny_standin, export=True, compile=False).save_pretrained(folder)
+
+    dest = export.build_atomically(tmp_path / "fp32", build)
+    assert export.check_ir(dest) == dest
+    xml = dest / "openvino_vision_embeddings_model.xml"
+    xml.write_text(xml.read_text()[:-200] + "#" * 200)  # same size, broken content: only parsing finds it
+    with pytest.raises(export.CorruptIRError, match="openvino_vision_embeddings_model.xml is corrupted"):
+        export.check_ir(dest)
+
+
+def test_not_enough_disk_is_said_before_writing(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 10**12 - 10**8, 10**8))
+    with pytest.raises(export.InsufficientDiskSpaceError, match=r"needs about 1,000 MB and only 100 MB are free"):
+        export.build_atomically(tmp_path / "fp32", _fake_export, needed_bytes=10**9)
+    assert not (tmp_path / "fp32").exists() and not (tmp_path / "fp32.partial").exists()
+
+
+def test_killing_an_export_midway_then_rerunning_rebuilds_it(tmp_path, tiny_standin):
+    env = dict(os.environ, VLM_MODEL="synthetic-tiny", VLM_MODELS_DIR=str(tmp_path))
+    code = "from helpers import export, models; export.export_fp32(models.resolve_model())"
+    partial = tmp_path / "synthetic-tiny" / "fp32.partial"
+    victim = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not partial.exists() and time.time() < deadline and victim.poll() is None:
+        time.sleep(0.05)
+    time.sleep(1.0)  # in the middle of tracing and converting
+    assert victim.poll() is None, "the export finished before it could be killed"
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert partial.exists() and not (tmp_path / "synthetic-tiny" / "fp32").exists()
+
+    rerun = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "left over from an interrupted run" in rerun.stdout
+    assert export.is_complete(tmp_path / "synthetic-tiny" / "fp32") and not partial.exists()
