@@ -1,0 +1,303 @@
+"""Quantized IR variants (notebook 02): build them atomically with their cost recorded, and show what they hold.
+
+Notebook 02 shows the Optimum Intel calls of each recipe step by step; :func:`ensure_variant` runs the same
+recipes for a later notebook that runs on its own. Each build records its wall time and peak memory in
+``quantization.json`` inside the variant folder (written before the folder is moved into place), so a re-run
+that skips a complete variant still shows the figures measured when it was built.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from helpers import data, export
+from helpers.models import ModelChoice
+
+RECIPE_FILE = "quantization.json"
+DEFAULT_NUM_SAMPLES = 50  # the source blog's calibration size; data/ ships fewer, and then all of them are used
+QUANTIZED_VARIANTS = ("int8", "int4", "mixed")
+
+# optimum-intel names the language model "lm_model" in its quantization configs; the IR file and
+# helpers.export call it "language_model".
+OV_MODEL_NAMES = {"lm_model": "language_model", "text_embeddings_model": "text_embeddings_model",
+                  "vision_embeddings_model": "vision_embeddings_model"}
+
+# Element types counted as optimum-intel's tests count them (tests/openvino/utils_tests.py,
+# get_num_quantized_nodes): every op output of these types, i.e. compressed weights and their zero points.
+_INT8_TYPES = {"i8", "u8"}
+_INT4_TYPES = {"i4", "u4"}
+_FAKE_OPS = {"FakeQuantize", "FakeConvert"}
+
+
+# --- the default recipes (notebook 02 shows each of them step by step) -----------------------------------
+
+
+def default_config(variant: str, processor_dir: Path | None = None, num_samples: int = DEFAULT_NUM_SAMPLES):
+    """The quantization config of recipe ``variant`` (``int8``, ``int4`` or ``mixed``), as notebook 02 builds it.
+
+    ``mixed`` needs ``processor_dir`` (the processor used to turn calibration photos into model inputs) and
+    ``num_samples`` (how many calibration rows are used).
+    """
+    from optimum.intel import OVPipelineQuantizationConfig, OVQuantizationConfig, OVWeightQuantizationConfig
+
+    if variant == "int8":
+        return OVWeightQuantizationConfig(bits=8)
+    if variant == "int4":
+        # optimum-intel's own default for SmolVLM2-256M; "adjust" shrinks the group for rows whose width is not
+        # a multiple of 128 (the real model's hidden size 576; the tiny stand-in's 64).
+        return OVWeightQuantizationConfig(bits=4, sym=False, group_size=128, ratio=1.0, group_size_fallback="adjust")
+    if variant == "mixed":
+        if processor_dir is None:
+            raise ValueError("the mixed recipe needs processor_dir, the folder of the processor for calibration")
+        return OVPipelineQuantizationConfig(
+            quantization_configs={
+                "lm_model": OVWeightQuantizationConfig(bits=8),
+                "text_embeddings_model": OVWeightQuantizationConfig(bits=8),
+                "vision_embeddings_model": OVQuantizationConfig(bits=8),
+            },
+            dataset="textvqa",  # the column layout (image, question) of our own set; no download when one is given
+            num_samples=num_samples,
+            processor=str(processor_dir),
+            tokenizer=str(processor_dir),  # without it, optimum-intel looks for a tokenizer named "None" on the Hub
+        )
+    raise ValueError(f"unknown quantization recipe {variant!r}; choose one of {QUANTIZED_VARIANTS}")
+
+
+def ensure_variant(choice: ModelChoice, variant: str, *, force: bool = False) -> Path:
+    """The complete IR folder of ``variant`` (``fp32``, ``int8``, ``int4`` or ``mixed``), built now if missing.
+
+    Uses the recipes of notebook 02 (:func:`default_config`) on the FP32 IR, which is exported first if needed.
+    A complete folder is reused as it is; builds are atomic (:func:`helpers.export.build_atomically`).
+    """
+    if variant == "fp32":
+        return export.export_fp32(choice, force=force)
+    if variant not in QUANTIZED_VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose one of {export.VARIANTS}")
+    target = export.variant_dir(choice, variant)
+    if export.is_complete(target) and not force:
+        return target
+    fp_dir = export.export_fp32(choice)
+
+    if variant == "mixed":
+        calibration_set = data.load_calibration_dataset(DEFAULT_NUM_SAMPLES)
+        config = default_config("mixed", fp_dir, num_samples=len(calibration_set))
+
+        def build(folder: Path) -> None:
+            from optimum.intel import OVConfig, OVModelForVisualCausalLM, OVQuantizer
+
+            model = OVModelForVisualCausalLM.from_pretrained(str(fp_dir), compile=False)
+            OVQuantizer(model).quantize(
+                calibration_dataset=calibration_set,
+                ov_config=OVConfig(quantization_config=config),
+                save_directory=folder,
+            )
+
+    else:
+        config = default_config(variant)
+
+        def build(folder: Path) -> None:
+            from optimum.intel import OVModelForVisualCausalLM
+
+            model = OVModelForVisualCausalLM.from_pretrained(str(fp_dir), quantization_config=config, compile=False)
+            model.save_pretrained(folder)
+
+    return build_variant(choice, variant, build, force=force)
+
+
+# --- building a variant and recording what it cost --------------------------------------------------------
+
+
+@contextmanager
+def measure(interval: float = 0.1) -> Iterator[dict]:
+    """Time a block and sample this process's peak resident memory (RSS) while it runs.
+
+    Yields a dict that is filled on exit with ``seconds``, ``peak_rss_MB`` and ``start_rss_MB``.
+    Sampling (psutil, every ``interval`` s) can miss a spike shorter than the interval. Child processes are
+    left out on purpose: the libraries fork short-lived helpers whose RSS repeats the parent's shared pages.
+    """
+    import psutil
+
+    process = psutil.Process()
+    result: dict = {}
+    start_rss = process.memory_info().rss
+    peak = [start_rss]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(interval):
+            peak[0] = max(peak[0], process.memory_info().rss)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    start = time.perf_counter()
+    try:
+        yield result
+    finally:
+        seconds = time.perf_counter() - start
+        stop.set()
+        sampler.join()
+        peak[0] = max(peak[0], process.memory_info().rss)
+        result.update(seconds=round(seconds, 1), peak_rss_MB=round(peak[0] / 1e6), start_rss_MB=round(start_rss / 1e6))
+
+
+def build_variant(choice: ModelChoice, variant: str, build: Callable[[Path], None], *, force: bool = False) -> Path:
+    """Run ``build(folder)`` for ``variant`` atomically, timing it and sampling its peak memory.
+
+    The figures go to ``quantization.json`` in the folder; the processor is saved next to the model when the
+    build did not save it, so the folder is self-contained. A complete variant is skipped (its figures stay).
+    """
+    from transformers import AutoProcessor
+
+    def build_and_record(folder: Path) -> None:
+        print(f"Building {variant!r} into {folder}", flush=True)
+        with measure() as cost:
+            build(folder)
+        if not (folder / "preprocessor_config.json").is_file():
+            AutoProcessor.from_pretrained(choice.source).save_pretrained(folder)
+        record = {"variant": variant, "model": choice.slug, **cost, "built": time.strftime("%Y-%m-%d %H:%M:%S")}
+        (folder / RECIPE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        print(f"{variant}: {cost['seconds']} s, peak memory {cost['peak_rss_MB']} MB "
+              f"({cost['peak_rss_MB'] - cost['start_rss_MB']:+} MB over the {cost['start_rss_MB']} MB before)")
+
+    return export.build_atomically(export.variant_dir(choice, variant), build_and_record, force=force)
+
+
+def read_record(folder: Path) -> dict | None:
+    """The cost record a build wrote into ``folder`` (``None`` for folders not built by :func:`build_variant`)."""
+    path = Path(folder) / RECIPE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def cost_table(choice: ModelChoice, variants: Sequence[str] = QUANTIZED_VARIANTS):
+    """Time and peak memory each recipe took when its variant was built (from ``quantization.json``)."""
+    import pandas as pd
+
+    rows = []
+    for variant in variants:
+        record = read_record(export.variant_dir(choice, variant)) or {}
+        rows.append({
+            "variant": variant,
+            "seconds": record.get("seconds"),
+            "peak memory (MB)": record.get("peak_rss_MB"),
+            "added over start (MB)": (record["peak_rss_MB"] - record["start_rss_MB"]) if record else None,
+            "built": record.get("built"),
+        })
+    return pd.DataFrame(rows).set_index("variant")
+
+
+# --- what a variant holds ---------------------------------------------------------------------------------
+
+
+def count_quantized(folder: Path):
+    """Per submodel: int8 and int4 constants and FakeQuantize nodes, counted as optimum-intel's tests count them.
+
+    Follows ``get_num_quantized_nodes`` in optimum-intel's ``tests/openvino/utils_tests.py``: every op output of
+    element type i8/u8 (``int8``) or i4/u4 (``int4``) is counted, i.e. each compressed weight and, for
+    asymmetric modes, its zero point; ``fake_quantize`` counts FakeQuantize and FakeConvert ops (activation
+    quantizers left by static quantization; NNCF 3.4 stores the weights of quantized layers as int8 constants).
+    """
+    import openvino as ov
+    import pandas as pd
+
+    core = ov.Core()
+    rows = []
+    for name, (xml, _) in export.ir_files(folder).items():
+        counts = {"int8": 0, "int4": 0, "fake_quantize": 0}
+        for op in core.read_model(xml).get_ops():
+            if op.get_type_name() in _FAKE_OPS:
+                counts["fake_quantize"] += 1
+            for i in range(op.get_output_size()):
+                element_type = op.get_output_element_type(i).get_type_name()
+                if element_type in _INT8_TYPES:
+                    counts["int8"] += 1
+                elif element_type in _INT4_TYPES:
+                    counts["int4"] += 1
+        rows.append({"submodel": name, **counts})
+    return pd.DataFrame(rows).set_index("submodel")
+
+
+def count_table(folders: dict[str, Path]):
+    """:func:`count_quantized` of several variants side by side: one row per submodel, columns (variant, count)."""
+    import pandas as pd
+
+    return pd.concat({variant: count_quantized(folder) for variant, folder in folders.items()}, axis=1)
+
+
+def size_table(folders: dict[str, Path], reference: str = "fp32"):
+    """Size on disk (MB, .xml + .bin) per variant and submodel, the total, and how many times smaller than
+    ``reference`` each variant's total is."""
+    import pandas as pd
+
+    rows = {}
+    for variant, folder in folders.items():
+        rows[variant] = {name: (x.stat().st_size + b.stat().st_size) / 1e6 for name, (x, b) in export.ir_files(folder).items()}
+    table = pd.DataFrame(rows).T
+    table["total"] = table.sum(axis=1)
+    if reference in table.index:
+        table["x smaller than " + reference] = table.loc[reference, "total"] / table["total"]
+    table.index.name = "variant"
+    return table.round(2)
+
+
+def plot_sizes(table, title: str = "IR size on disk per variant"):
+    """Stacked bar chart of :func:`size_table`: one bar per variant, one colour per submodel, total on top."""
+    import matplotlib.pyplot as plt
+
+    parts = table[list(export.SUBMODELS)]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    parts.plot.bar(stacked=True, ax=ax, rot=0, color=["#4c72b0", "#dd8452", "#55a868"])
+    ratio = next((c for c in table.columns if c.startswith("x smaller")), None)
+    for i, (variant, total) in enumerate(table["total"].items()):
+        smaller = table.loc[variant, ratio] if ratio else 1.0
+        label = f"{total:.3g} MB" + (f"\n{smaller:.1f}x smaller" if smaller != 1.0 else "")
+        ax.text(i, total, label, ha="center", va="bottom", fontsize="small")
+    ax.set_ylabel("MB on disk (.xml + .bin)")
+    ax.set_xlabel("")
+    ax.set_title(title)
+    ax.set_ylim(0, table["total"].max() * 1.25)
+    ax.legend(title="submodel", fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+# --- what a variant answers -------------------------------------------------------------------------------
+
+
+def answers_side_by_side(
+    folders: dict[str, Path], photo: str = "astronaut", question: str = "Describe this image briefly.",
+    max_new_tokens: int = 20,
+):
+    """Ask every variant the same question about the same photo (greedy, ``max_new_tokens``).
+
+    Returns one row per variant: the answer and how many of its first tokens match the first variant's.
+    """
+    import pandas as pd
+    from optimum.intel import OVModelForVisualCausalLM
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    image = Image.open(data.photo_path(photo)).convert("RGB")
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    rows, reference = [], None
+    for variant, folder in folders.items():
+        processor = AutoProcessor.from_pretrained(folder)
+        model = OVModelForVisualCausalLM.from_pretrained(folder, device="CPU")
+        inputs = processor(text=processor.apply_chat_template(messages, add_generation_prompt=True),
+                           images=[image], return_tensors="pt")
+        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        tokens = output[0, inputs["input_ids"].shape[1]:].tolist()
+        reference = tokens if reference is None else reference
+        same = next((i for i, (a, b) in enumerate(zip(tokens, reference)) if a != b), min(len(tokens), len(reference)))
+        rows.append({
+            "variant": variant,
+            "answer": processor.decode(tokens, skip_special_tokens=True).strip(),
+            "new tokens": len(tokens),
+            f"first tokens same as {next(iter(folders))}": same,
+        })
+        del model
+    return pd.DataFrame(rows).set_index("variant")

@@ -1,0 +1,159 @@
+"""Quantized variants: the recipes change what the IR holds, builds are atomic and record their cost."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from helpers import data, export, quantize
+from helpers.models import resolve_model
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """The tiny stand-in with its own models folder, so these builds never touch the repository's models/."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VLM_MODELS_DIR", str(tmp_path_factory.mktemp("models")))
+        yield resolve_model("synthetic-tiny")
+
+
+def _write_ir(folder, build_model):
+    """Save the OpenVINO model ``build_model()`` as all three submodels of a fake export in ``folder``."""
+    import openvino as ov
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text("{}")
+    for xml, _ in export.ir_files(folder).values():
+        ov.save_model(build_model(), xml, compress_to_fp16=False)
+
+
+def _matmul_with_compressed_weight(weight_type: str, with_zero_point: bool, fake_quantize: bool):
+    """x @ dequantize(W): a weight Constant of ``weight_type``, optional zero point, optional FakeQuantize on x."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    x = ops.parameter([1, 8], np.float32, name="x")
+    element_type = getattr(ov.Type, weight_type)  # ov.Type.u4 etc.; ov.Type("u4") means something else
+    weight = ov.op.Constant(element_type, ov.Shape([4, 8]), [1] * 32)
+    dequantized = ops.convert(weight, np.float32)
+    if with_zero_point:
+        zero_point = ov.op.Constant(element_type, ov.Shape([4, 1]), [1] * 4)
+        dequantized = ops.subtract(dequantized, ops.convert(zero_point, np.float32))
+    dequantized = ops.multiply(dequantized, ops.constant(np.full((4, 1), 0.1, dtype=np.float32)))
+    source = x
+    if fake_quantize:
+        low, high = ops.constant(np.float32(-1.0)), ops.constant(np.float32(1.0))
+        source = ops.fake_quantize(x, low, high, low, high, 256)
+    return ov.Model([ops.matmul(source, dequantized, False, True)], [x])
+
+
+@pytest.mark.parametrize(
+    ("weight_type", "zero_point", "fake_quantize", "expected"),
+    [
+        ("u8", True, False, {"int8": 2, "int4": 0, "fake_quantize": 0}),  # asymmetric: weight + zero point
+        ("i8", False, True, {"int8": 1, "int4": 0, "fake_quantize": 1}),  # static: symmetric weight, quantized input
+        ("u4", True, False, {"int8": 0, "int4": 2, "fake_quantize": 0}),
+        ("i4", False, False, {"int8": 0, "int4": 1, "fake_quantize": 0}),
+    ],
+)
+def test_count_quantized_counts_like_optimum_intel_tests(tmp_path, weight_type, zero_point, fake_quantize, expected):
+    _write_ir(tmp_path, lambda: _matmul_with_compressed_weight(weight_type, zero_point, fake_quantize))
+    table = quantize.count_quantized(tmp_path)
+    assert list(table.index) == list(export.SUBMODELS)
+    for submodel in export.SUBMODELS:
+        assert table.loc[submodel].to_dict() == expected
+
+
+def test_fp32_export_holds_nothing_quantized(tiny):
+    counts = quantize.count_quantized(quantize.ensure_variant(tiny, "fp32"))
+    assert (counts == 0).all().all()
+
+
+def test_int8_recipe_compresses_every_submodel_and_is_skipped_when_complete(tiny, capsys):
+    folder = quantize.ensure_variant(tiny, "int8")
+    assert folder == export.variant_dir(tiny, "int8") and export.is_complete(folder)
+    counts = quantize.count_quantized(folder)
+    assert (counts["int8"] > 0).all()
+    assert (counts["int4"] == 0).all() and (counts["fake_quantize"] == 0).all()
+    record = quantize.read_record(folder)
+    assert record["variant"] == "int8" and record["seconds"] >= 0
+    assert record["peak_rss_MB"] >= record["start_rss_MB"] > 0
+    assert (folder / "preprocessor_config.json").is_file()  # self-contained: the processor is saved with it
+
+    bin_mtime = (folder / "openvino_language_model.bin").stat().st_mtime_ns
+    assert quantize.ensure_variant(tiny, "int8") == folder
+    assert (folder / "openvino_language_model.bin").stat().st_mtime_ns == bin_mtime
+
+
+def test_int4_recipe_puts_4bit_weights_in_the_language_model_only(tiny):
+    counts = quantize.count_quantized(quantize.ensure_variant(tiny, "int4"))
+    lm = counts.loc["language_model"]
+    assert lm["int4"] > 0
+    assert lm["int8"] > 0  # NNCF's int8 backup for the output head
+    others = counts.drop(index="language_model")
+    assert (others["int4"] == 0).all() and (others["int8"] > 0).all()
+    assert (counts["fake_quantize"] == 0).all()
+
+
+def test_mixed_recipe_quantizes_vision_activations_only(tiny):
+    folder = quantize.ensure_variant(tiny, "mixed")
+    counts = quantize.count_quantized(folder)
+    assert counts.loc["vision_embeddings_model", "fake_quantize"] > 0
+    assert counts.loc["language_model", "fake_quantize"] == 0
+    assert counts.loc["text_embeddings_model", "fake_quantize"] == 0
+    assert (counts["int8"] > 0).all() and (counts["int4"] == 0).all()
+    saved = json.loads((folder / "openvino_config.json").read_text())["quantization_config"]
+    assert saved["num_samples"] == len(data.load_calibration_dataset(50))  # all the rows data/ has (fewer than 50)
+
+
+def test_cost_and_size_tables_describe_the_built_variants(tiny):
+    folders = {v: quantize.ensure_variant(tiny, v) for v in ("fp32", "int8", "int4")}
+    sizes = quantize.size_table(folders)
+    assert list(sizes.index) == ["fp32", "int8", "int4"]
+    assert sizes.loc["fp32", "x smaller than fp32"] == 1.0
+    assert sizes.loc["int8", "total"] < sizes.loc["fp32", "total"]
+    assert sizes.loc["fp32", "total"] == pytest.approx(export.ir_size_bytes(folders["fp32"]) / 1e6, abs=0.01)
+    costs = quantize.cost_table(tiny, ["int8", "int4"])
+    assert (costs["seconds"] >= 0).all() and (costs["peak memory (MB)"] > 0).all()
+
+
+def test_same_model_gives_the_same_answer(tiny):
+    fp = quantize.ensure_variant(tiny, "fp32")
+    answers = quantize.answers_side_by_side({"a": fp, "b": fp}, max_new_tokens=4)
+    assert list(answers.index) == ["a", "b"]
+    assert (answers["new tokens"] <= 4).all()
+    assert answers.loc["b", "first tokens same as a"] == answers.loc["b", "new tokens"]
+    assert answers.loc["a", "answer"] == answers.loc["b", "answer"]
+
+
+def test_a_failed_build_leaves_no_variant_and_no_record(tiny):
+    def crash(folder):
+        (folder / "config.json").write_text("{}")
+        raise RuntimeError("quantization failed half-way")
+
+    with pytest.raises(RuntimeError, match="half-way"):
+        quantize.build_variant(tiny, "broken", crash)
+    assert not export.variant_dir(tiny, "broken").exists()
+    assert quantize.read_record(export.variant_dir(tiny, "broken")) is None
+
+
+def test_measure_sees_memory_allocated_inside_the_block():
+    import time
+
+    with quantize.measure(interval=0.02) as cost:
+        block = np.ones(40_000_000, dtype=np.float64)  # 320 MB, touched
+        time.sleep(0.2)
+        del block
+    assert cost["peak_rss_MB"] - cost["start_rss_MB"] >= 250
+    assert cost["seconds"] >= 0.2
+
+
+def test_unknown_recipes_are_refused(tiny):
+    with pytest.raises(ValueError, match="unknown variant 'int2'"):
+        quantize.ensure_variant(tiny, "int2")
+    with pytest.raises(ValueError, match="processor_dir"):
+        quantize.default_config("mixed")
+    with pytest.raises(ValueError, match="unknown quantization recipe"):
+        quantize.default_config("fp16")
