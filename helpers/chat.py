@@ -1,0 +1,271 @@
+"""Asking SmolVLM about images and a video: load a variant on a device, build inputs, stream the answer, time it.
+
+Notebook 03 shows the calls themselves (messages, ``apply_chat_template``, the processor, ``generate``,
+``batch_decode``); these functions do the same with the checks a user of a playground needs, so bad input
+ends in one clear sentence (:class:`ChatError`, :class:`helpers.images.ImageError`, ``ValueError`` for a
+device) instead of a traceback from deep inside transformers or OpenVINO.
+
+Timings follow the field's definitions (see the field guide): time to first token (TTFT) runs from the start
+of :func:`ask` (so it includes loading and cutting the image into tiles, and the vision encoder) to the first
+generated token; decode speed is ``(new tokens - 1) / (time of last token - time of first token)``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from helpers import devices, export, images
+from helpers.models import ModelChoice
+
+DEFAULT_QUESTION = "What is in this image? Answer in one sentence."
+
+
+class ChatError(ValueError):
+    """The question, the images or the model choice can't be used; the message says why in one sentence."""
+
+
+def model_folder(choice: ModelChoice, variant: str) -> Path:
+    """Folder of a complete IR ``variant`` of ``choice``, or a :class:`ChatError` naming the variants that exist."""
+    folder = export.variant_dir(choice, variant)
+    if not export.is_complete(folder):
+        have = ", ".join(export.existing_variants(choice)) or "none yet"
+        raise ChatError(
+            f"Variant {variant!r} of {choice.slug} is not on disk (no complete export in {folder}): make it with "
+            f"notebook 01 or 02, or pick one that exists ({have})."
+        )
+    return folder
+
+
+def load_model(folder: Path, device: str = "CPU"):
+    """``(model, processor)`` for the IR in ``folder``, compiled for ``device`` (checked first: see helpers.devices)."""
+    from optimum.intel import OVModelForVisualCausalLM
+    from transformers import AutoProcessor
+
+    device = devices.check_device(device)
+    folder = Path(folder)
+    if not export.is_complete(folder):
+        missing = ", ".join(export.missing_files(folder)) if folder.is_dir() else "the whole folder"
+        raise ChatError(f"No complete OpenVINO model in {folder} (missing: {missing}): run notebook 01 first.")
+    model = OVModelForVisualCausalLM.from_pretrained(folder, device=device)
+    processor = AutoProcessor.from_pretrained(folder)
+    return model, processor
+
+
+def check_question(question: str, processor=None) -> str:
+    """``question`` without surrounding blanks; :class:`ChatError` if it is empty or holds the model's markers."""
+    text = (question or "").strip()
+    if not text:
+        raise ChatError("The question is empty: type what you want to know about the image.")
+    if processor is not None:
+        reserved = [processor.image_token, processor.video_token, *processor.tokenizer.all_special_tokens]
+        for marker in reserved:
+            if marker and marker in text:
+                raise ChatError(
+                    f"The question contains {marker!r}, a marker the model reserves for images and turns: "
+                    "remove it (add images with one {'type': 'image'} entry each instead)."
+                )
+    return text
+
+
+def user_message(question: str, n_images: int = 1, video: bool = False) -> list[dict]:
+    """Chat messages for one user turn: ``n_images`` image places (or a video place), then the question."""
+    content = [{"type": "image"} for _ in range(n_images)]
+    if video:
+        content.append({"type": "video"})
+    content.append({"type": "text", "text": question})
+    return [{"role": "user", "content": content}]
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def prepare_inputs(
+    processor,
+    messages: list[dict],
+    image_list: Sequence[images.ImageSource] = (),
+    video=None,
+    *,
+    longest_edge: int | None = None,
+):
+    """Model inputs for ``messages`` with ``image_list`` (paths, bytes or PIL images) or one ``video``.
+
+    ``video`` is a path or the ``(frames, metadata)`` of :func:`helpers.images.load_video`; its frames are sampled
+    the way SmolVLM2 expects (``do_sample_frames=True``). ``longest_edge`` overrides the size the processor
+    resizes images to before cutting tiles (default: the processor's, 2048 for SmolVLM2). Raises
+    :class:`ChatError` when the images don't match the places the prompt has for them.
+    """
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    image_places, video_places = prompt.count(processor.image_token), prompt.count(processor.video_token)
+    n_images = len(image_list)
+    if n_images and video is not None:
+        raise ChatError("SmolVLM's processor takes either images or one video in a prompt, not both: ask separately.")
+    if n_images > image_places:
+        raise ChatError(
+            f"You passed {_plural(n_images, 'image')} but the prompt has places for {image_places}: "
+            "add one {'type': 'image'} entry to the message for each image."
+        )
+    if n_images < image_places:
+        raise ChatError(
+            f"The prompt has places for {_plural(image_places, 'image')} but you passed {n_images}: "
+            "pass one image for each {'type': 'image'} entry."
+        )
+    if (video is not None) != (video_places > 0) or video_places > 1:
+        raise ChatError(
+            f"The prompt has {_plural(video_places, 'video place')} but you passed "
+            f"{'a video' if video is not None else 'none'}: use one {{'type': 'video'}} entry with one video."
+        )
+    if video is not None:
+        frames, metadata = images.load_video(video) if not isinstance(video, tuple) else video
+        return processor(text=prompt, videos=[[frames]], video_metadata=[metadata], do_sample_frames=True,
+                         return_tensors="pt")
+    if not n_images:
+        return processor(text=prompt, return_tensors="pt")
+    pictures = [images.load_image(source) for source in image_list]
+    size = {"size": {"longest_edge": int(longest_edge)}} if longest_edge else {}
+    return processor(text=prompt, images=[pictures], return_tensors="pt", **size)
+
+
+@dataclass
+class Answer:
+    """A generated answer and what it cost."""
+
+    text: str
+    new_tokens: int
+    prompt_tokens: int
+    image_tokens: int
+    tiles: int
+    ttft_s: float
+    total_s: float
+    decode_s: float  # from the first to the last new token
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        """Decode speed, ``(new tokens - 1) / decode time``; ``None`` with fewer than two new tokens."""
+        if self.new_tokens < 2 or self.decode_s <= 0:
+            return None
+        return (self.new_tokens - 1) / self.decode_s
+
+    def stats_line(self) -> str:
+        speed = f"{self.tokens_per_s:.1f} tokens/s" if self.tokens_per_s else "tokens/s: n/a (fewer than 2 tokens)"
+        return (
+            f"time to first token {self.ttft_s:.2f} s · {speed} · {self.new_tokens} new tokens in "
+            f"{self.total_s:.2f} s · prompt {self.prompt_tokens} tokens ({self.image_tokens} image tokens, "
+            f"{_plural(self.tiles, 'tile')})"
+        )
+
+    def __repr__(self) -> str:
+        return f"{self.text}\n[{self.stats_line()}]"
+
+
+def _timed_streamer(tokenizer):
+    """A ``TextIteratorStreamer`` that also notes when each new token arrives (transformers' doesn't)."""
+    from transformers import TextIteratorStreamer
+
+    class TimedStreamer(TextIteratorStreamer):
+        def __init__(self) -> None:
+            super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+            self.token_times: list[float] = []
+
+        def put(self, value) -> None:
+            if not self.next_tokens_are_prompt:
+                self.token_times.extend([time.perf_counter()] * max(1, value.numel()))
+            super().put(value)
+
+    return TimedStreamer()
+
+
+def _stop_when(event: threading.Event):
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class StopWhenSet(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full((input_ids.shape[0],), event.is_set(), dtype=torch.bool)
+
+    return StoppingCriteriaList([StopWhenSet()])
+
+
+def stream_answer(
+    model,
+    processor,
+    inputs,
+    *,
+    max_new_tokens: int = 64,
+    on_text: Callable[[str], None] | None = None,
+    start: float | None = None,
+) -> Answer:
+    """Greedy ``model.generate`` in a thread; each piece of text goes to ``on_text`` as soon as it is decoded.
+
+    ``start`` (a ``time.perf_counter()`` value) is where TTFT is counted from (default: now). An error inside
+    ``generate`` is raised here; an interrupted caller (e.g. the notebook's stop button) stops generation too.
+    """
+    if int(max_new_tokens) < 1:
+        raise ChatError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
+    start = time.perf_counter() if start is None else start
+    prompt_tokens = int(inputs["input_ids"].shape[1])
+    limit = getattr(model.config.text_config, "max_position_embeddings", None)
+    if limit and prompt_tokens + max_new_tokens > limit:
+        raise ChatError(
+            f"The prompt has {prompt_tokens} tokens and with {max_new_tokens} new ones exceeds the {limit} the model "
+            "can read: use fewer or smaller images (longest_edge), or a shorter question."
+        )
+    streamer, stop, errors = _timed_streamer(processor.tokenizer), threading.Event(), []
+
+    def generate() -> None:
+        try:
+            model.generate(**inputs, max_new_tokens=int(max_new_tokens), do_sample=False, streamer=streamer,
+                           stopping_criteria=_stop_when(stop))
+        except BaseException as err:  # handed to the caller below; end the stream so its loop doesn't wait forever
+            errors.append(err)
+            streamer.end()
+
+    thread = threading.Thread(target=generate, daemon=True)
+    thread.start()
+    pieces = []
+    try:
+        for piece in streamer:
+            pieces.append(piece)
+            if on_text is not None and piece:
+                on_text(piece)
+    finally:
+        stop.set()
+        thread.join()
+    if errors:
+        raise errors[0]
+    total = time.perf_counter() - start
+    times = streamer.token_times
+    pixel_values = inputs.get("pixel_values")
+    return Answer(
+        text="".join(pieces).strip(),
+        new_tokens=len(times),
+        prompt_tokens=prompt_tokens,
+        image_tokens=int((inputs["input_ids"] == processor.image_token_id).sum()),
+        tiles=int(pixel_values.shape[0] * pixel_values.shape[1]) if pixel_values is not None else 0,
+        ttft_s=(times[0] - start) if times else total,
+        total_s=total,
+        decode_s=(times[-1] - times[0]) if times else 0.0,
+    )
+
+
+def ask(
+    model,
+    processor,
+    question: str,
+    image_list: Sequence[images.ImageSource] = (),
+    video=None,
+    *,
+    max_new_tokens: int = 64,
+    longest_edge: int | None = None,
+    on_text: Callable[[str], None] | None = None,
+) -> Answer:
+    """Ask ``question`` about ``image_list`` (or a ``video``) and stream the answer; checks every input first."""
+    start = time.perf_counter()
+    question = check_question(question, processor)
+    messages = user_message(question, n_images=len(image_list), video=video is not None)
+    inputs = prepare_inputs(processor, messages, image_list, video, longest_edge=longest_edge)
+    return stream_answer(model, processor, inputs, max_new_tokens=max_new_tokens, on_text=on_text, start=start)

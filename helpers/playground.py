@@ -1,0 +1,236 @@
+"""ipywidgets for notebook 03: the playground (ask about a photo) and the tile explorer (why images cost).
+
+Playground, as it appears in the page (the browser test relies on this; keep it stable):
+
+- a ``Button`` whose description is exactly ``"Ask"``;
+- a ``Textarea`` "Question", pre-filled with ``chat.DEFAULT_QUESTION`` so that Ask works at once;
+- a ``Dropdown`` "Image" with the photos of ``data/images`` (default ``cat``) and a ``FileUpload``; an uploaded
+  image joins the dropdown as ``upload: <file name>`` and is selected; a preview shows the chosen image;
+- ``Dropdown`` "Variant" (the IR variants on disk: ``export.existing_variants``) and "Device" (what OpenVINO
+  reports, plus ``AUTO``); an ``IntSlider`` "Max new tokens";
+- an ``HTML`` widget with the CSS class ``vlm-answer``: the answer streams into it, and when it is complete
+  the same element ends with a line (class ``vlm-stats``) reading
+  ``time to first token 0.12 s · 45.6 tokens/s · ...``. Each ask puts a fresh widget there;
+- an ``HTML`` status line with the CSS class ``vlm-status``: what is happening, or the one-sentence message
+  for bad input (missing or broken image, empty question, absent device...).
+
+``Playground.ask()`` does what a click does and returns the :class:`helpers.chat.Answer` (or ``None`` after
+bad input), so a notebook can run it without anyone clicking.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import time
+from pathlib import Path
+
+import ipywidgets as widgets
+
+from helpers import chat, data, devices, export, images
+from helpers.models import ModelChoice
+
+ANSWER_CLASS = "vlm-answer"
+STATUS_CLASS = "vlm-status"
+STATS_CLASS = "vlm-stats"
+UPLOAD_PREFIX = "upload: "
+
+
+def _answer_html(text: str, stats: str = "", streaming: bool = False) -> str:
+    body = html.escape(text) + ("▌" if streaming else "")
+    stats_html = (f'<div class="{STATS_CLASS}" style="color:#555;font-size:0.9em;margin-top:4px">'
+                  f"{html.escape(stats)}</div>") if stats else ""
+    return (f'<div style="white-space:pre-wrap;border-left:3px solid #4a90d9;padding:4px 8px;min-height:1.4em">'
+            f"{body}</div>{stats_html}")
+
+
+def _jpeg_bytes(image, edge: int = 256) -> bytes:
+    thumb = image.copy()
+    thumb.thumbnail((edge, edge))
+    buffer = io.BytesIO()
+    thumb.save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
+
+
+class Playground:
+    """Pick or upload an image, ask a question, choose variant, device and length; watch the answer stream in."""
+
+    def __init__(
+        self,
+        choice: ModelChoice,
+        *,
+        variants: dict[str, Path] | None = None,
+        device_list: list[str] | None = None,
+        photo: str = "cat",
+        question: str = chat.DEFAULT_QUESTION,
+        max_new_tokens: int = 48,
+    ) -> None:
+        self.choice = choice
+        self.variants = dict(export.existing_variants(choice) if variants is None else variants)
+        if not self.variants:
+            raise chat.ChatError(f"No exported model of {choice.slug} on disk: run notebook 01 (or export.export_fp32).")
+        self.sources: dict[str, images.ImageSource] = {p.stem: p for p in data.list_photos()}
+        self._loaded: tuple[tuple[str, str], object, object] | None = None
+
+        self.image = widgets.Dropdown(options=list(self.sources), description="Image",
+                                      value=photo if photo in self.sources else next(iter(self.sources)))
+        self.upload = widgets.FileUpload(accept="image/*", multiple=False, description="Upload")
+        self.preview = widgets.Image(format="jpeg", layout=widgets.Layout(max_width="256px", max_height="256px"))
+        self.question = widgets.Textarea(value=question, description="Question", rows=2,
+                                         layout=widgets.Layout(width="95%"))
+        self.variant = widgets.Dropdown(options=list(self.variants), description="Variant")
+        device_list = device_list or devices.available_devices()
+        self.device = widgets.Dropdown(options=device_list, description="Device",
+                                       value="CPU" if "CPU" in device_list else device_list[0])
+        self.max_new_tokens = widgets.IntSlider(value=max_new_tokens, min=1, max=256, description="Max new tokens",
+                                                style={"description_width": "initial"})
+        self.button = widgets.Button(description="Ask", button_style="primary", tooltip="Ask the model")
+        self.status = widgets.HTML()
+        self.status.add_class(STATUS_CLASS)
+        self.answer = self._fresh_answer_area("")
+        self.answer_box = widgets.VBox([self.answer])
+
+        note = " (stand-in model: its text is meaningless, its timings are real)" if choice.is_standin else ""
+        controls = widgets.VBox([
+            widgets.HBox([self.image, self.upload]),
+            self.question,
+            widgets.HBox([self.variant, self.device]),
+            self.max_new_tokens,
+            self.button,
+        ])
+        self.widget = widgets.VBox([
+            widgets.HTML(f"<b>SmolVLM playground</b> · {html.escape(choice.slug)}{html.escape(note)}"),
+            widgets.HBox([controls, self.preview]),
+            self.status,
+            self.answer_box,
+        ])
+        self.button.on_click(self._on_click)
+        self.image.observe(self._show_preview, names="value")
+        self.upload.observe(self._on_upload, names="value")
+        self._show_preview()
+        self._set_status("Ready: pick an image, type a question and press Ask.")
+
+    # --- display -------------------------------------------------------------------------------------------
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    def _set_status(self, text: str, error: bool = False) -> None:
+        color = "#b00020" if error else "#333"
+        prefix = "⚠ " if error else ""
+        self.status.value = f'<span style="color:{color}">{prefix}{html.escape(text)}</span>'
+
+    def _fresh_answer_area(self, value: str) -> widgets.HTML:
+        area = widgets.HTML(value=value, layout=widgets.Layout(width="95%"))
+        area.add_class(ANSWER_CLASS)
+        return area
+
+    # --- inputs --------------------------------------------------------------------------------------------
+    def _show_preview(self, _change=None) -> None:
+        try:
+            self.preview.value = _jpeg_bytes(images.load_image(self.sources[self.image.value]))
+        except images.ImageError as err:
+            self._set_status(str(err), error=True)
+
+    def _on_upload(self, change) -> None:
+        for item in change["new"] or ():
+            try:
+                self.add_image(bytes(item["content"]), item["name"])
+            except images.ImageError as err:
+                self._set_status(str(err), error=True)
+
+    def add_image(self, source: images.ImageSource, name: str) -> None:
+        """Add an image (path, bytes or PIL image) to the picker as ``upload: <name>`` and select it.
+
+        Raises :class:`helpers.images.ImageError` for a file that isn't a usable image.
+        """
+        picture = images.load_image(source, name=name)
+        label = UPLOAD_PREFIX + name
+        self.sources[label] = picture
+        self.image.options = list(self.sources)
+        self.image.value = label
+        changes = "; ".join(picture.info["changes"]) or "used as is"
+        self._set_status(f"Added {name} ({picture.width}x{picture.height}; {changes}).")
+
+    # --- asking --------------------------------------------------------------------------------------------
+    def _model(self, variant: str, device: str):
+        key = (variant, device)
+        if self._loaded is None or self._loaded[0] != key:
+            self._loaded = None  # free the previous model before compiling the next one
+            self._set_status(f"Loading {variant} on {device} (compiling for the device)...")
+            start = time.perf_counter()
+            model, processor = chat.load_model(self.variants[variant], device)
+            self._loaded = (key, model, processor)
+            self._set_status(f"Loaded {variant} on {device} in {time.perf_counter() - start:.1f} s.")
+        return self._loaded[1], self._loaded[2]
+
+    def _on_click(self, _button=None) -> None:
+        try:
+            self.ask()
+        except Exception as err:  # a click has no cell to show a traceback in: say what happened in the status
+            self._set_status(f"Unexpected problem ({type(err).__name__}): {err}", error=True)
+
+    def ask(self) -> chat.Answer | None:
+        """Answer the current question about the current image with the chosen settings (what Ask does)."""
+        self.button.disabled = True
+        self.answer = self._fresh_answer_area(_answer_html("", streaming=True))
+        self.answer_box.children = (self.answer,)
+        variant, device = self.variant.value, self.device.value
+        try:
+            model, processor = self._model(variant, device)
+            self._set_status(f"Generating with {variant} on {device}...")
+            pieces: list[str] = []
+
+            def show(piece: str) -> None:
+                pieces.append(piece)
+                self.answer.value = _answer_html("".join(pieces), streaming=True)
+
+            answer = chat.ask(model, processor, self.question.value, [self.sources[self.image.value]],
+                              max_new_tokens=self.max_new_tokens.value, on_text=show)
+        except ValueError as err:  # ChatError, ImageError, an absent device: one clear sentence each
+            self.answer.value = _answer_html("")
+            self._set_status(str(err), error=True)
+            return None
+        finally:
+            self.button.disabled = False
+        self.answer.value = _answer_html(answer.text, answer.stats_line())
+        self._set_status(f"Done: {variant} on {device}, image {self.image.value!r}.")
+        return answer
+
+
+def make_playground(choice: ModelChoice, **kwargs) -> Playground:
+    """A :class:`Playground` for ``choice`` (display it as a cell's last line); kwargs as for ``Playground``."""
+    return Playground(choice, **kwargs)
+
+
+def tile_explorer(model, processor, image, *, question: str = chat.DEFAULT_QUESTION, low: int = 256,
+                  high: int = 2048, step: int = 128) -> widgets.VBox:
+    """A slider for the longest edge the processor resizes ``image`` to; shows the tiles, their tokens and TTFT.
+
+    Each move cuts the image again, draws the tiles and measures the time to first token with one new token.
+    It draws once when created, so the executed notebook shows the default setting.
+    """
+    from IPython.display import display
+    import matplotlib.pyplot as plt
+
+    start_value = min(max(int(processor.image_processor.size["longest_edge"]), low), high)
+    slider = widgets.IntSlider(value=start_value, min=low, max=high, step=step, continuous_update=False,
+                               description="Longest edge (px)", style={"description_width": "initial"},
+                               layout=widgets.Layout(width="60%"))
+    line = widgets.HTML()
+    figure = widgets.Output()
+
+    def update(_change=None) -> None:
+        tiles = images.cut_into_tiles(processor, image, slider.value)
+        line.value = f"<b>{html.escape(tiles.summary())}</b> · measuring time to first token..."
+        answer = chat.ask(model, processor, question, [image], max_new_tokens=1, longest_edge=slider.value)
+        line.value = (f"<b>{html.escape(tiles.summary())}</b> · prompt {answer.prompt_tokens} tokens · "
+                      f"time to first token {answer.ttft_s:.2f} s")
+        with figure:
+            figure.clear_output(wait=True)
+            fig = images.plot_tiles(tiles)
+            display(fig)
+            plt.close(fig)
+
+    slider.observe(update, names="value")
+    update()
+    return widgets.VBox([slider, line, figure])
