@@ -254,7 +254,8 @@ def plot_sizes(table, title: str = "IR size on disk per variant"):
     ratio = next((c for c in table.columns if c.startswith("x smaller")), None)
     for i, (variant, total) in enumerate(table["total"].items()):
         smaller = table.loc[variant, ratio] if ratio else 1.0
-        label = f"{total:.3g} MB" + (f"\n{smaller:.1f}x smaller" if smaller != 1.0 else "")
+        size = f"{total:,.0f} MB" if total >= 10 else f"{total:.2f} MB"
+        label = size + (f"\n{smaller:.1f}x smaller" if smaller != 1.0 else "")
         ax.text(i, total, label, ha="center", va="bottom", fontsize="small")
     ax.set_ylabel("MB on disk (.xml + .bin)")
     ax.set_xlabel("")
