@@ -1,7 +1,7 @@
 """``make run``: execute every notebook under ``notebooks/`` in order into ``runs/latest/`` (.ipynb and .html).
 
-Shows a progress bar per notebook, records each notebook's wall time and peak memory (the kernel's RSS,
-sampled) in ``runs/latest/run_summary.json``, and stops at the first failing notebook, keeping its partial output.
+Shows a progress bar per notebook, records each notebook's wall time and peak memory (the kernel and its
+child processes, proportional set size, sampled) in ``runs/latest/run_summary.json``, and stops at the first failing notebook, keeping its partial output.
 """
 
 from __future__ import annotations
@@ -16,19 +16,26 @@ from helpers.models import ModelUnavailableError, resolve_model
 from helpers.paths import REPO_ROOT, runs_dir
 
 
-def _peak_rss_sampler(pid: int, stop: threading.Event, result: dict) -> None:
+def _peak_memory_sampler(pid: int, stop: threading.Event, result: dict) -> None:
     import psutil
 
+    # PSS (proportional set size) rather than RSS: the kernel's children (optimum-cli, forked workers) share
+    # pages with it, and adding their RSS would count those pages several times.
     peak = 0
     try:
         proc = psutil.Process(pid)
         while not stop.is_set():
-            rss = proc.memory_info().rss + sum(c.memory_info().rss for c in proc.children(recursive=True))
-            peak = max(peak, rss)
-            stop.wait(0.2)
+            total = 0
+            for p in [proc, *proc.children(recursive=True)]:
+                try:
+                    total += p.memory_full_info().pss
+                except psutil.Error:
+                    pass  # a child that ended between listing and reading
+            peak = max(peak, total)
+            stop.wait(0.5)
     except psutil.Error:
         pass
-    result["peak_rss_bytes"] = peak
+    result["peak_bytes"] = peak
 
 
 def execute_notebook(path: Path, out_dir: Path) -> dict:
@@ -48,7 +55,7 @@ def execute_notebook(path: Path, out_dir: Path) -> dict:
     try:
         with client.setup_kernel():
             sampler = threading.Thread(
-                target=_peak_rss_sampler, args=(client.km.provisioner.pid, stop, sampled), daemon=True
+                target=_peak_memory_sampler, args=(client.km.provisioner.pid, stop, sampled), daemon=True
             )
             sampler.start()
             for index in tqdm(code_cells, desc=path.stem, unit="cell", file=sys.stdout):
@@ -64,7 +71,7 @@ def execute_notebook(path: Path, out_dir: Path) -> dict:
         html, _ = HTMLExporter().from_notebook_node(nb)
         (out_dir / f"{path.stem}.html").write_text(html)
     time.sleep(0.3)
-    record["peak_rss_MB"] = round(sampled.get("peak_rss_bytes", 0) / 1e6, 1)
+    record["peak_memory_MB"] = round(sampled.get("peak_bytes", 0) / 1e6, 1)
     return record
 
 
@@ -89,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     for nb in notebooks:
         record = execute_notebook(nb, out_dir)
         summary["notebooks"].append(record)
-        print(f"  {nb.name}: {record['status']} in {record['seconds']} s, peak memory {record['peak_rss_MB']} MB")
+        print(f"  {nb.name}: {record['status']} in {record['seconds']} s, peak memory {record['peak_memory_MB']} MB (PSS)")
         (out_dir / "run_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if record["status"] != "ok":
             print(f"\n{nb.name} failed: {record.get('error', '')}\nSee {out_dir / (nb.stem + '.html')}", file=sys.stderr)
