@@ -56,7 +56,9 @@ RESULT_FIELDS = {
     "this process may use (affinity)",
     "machine.threads_used": "threads given to PyTorch (torch.set_num_threads) and OpenVINO "
     "(INFERENCE_NUM_THREADS) in the main benchmark",
-    "machine.cpu_flags": "instruction sets that matter for inference (AVX-512, VNNI, BF16, AMX)",
+    "machine.cpu_flags / bf16_instructions": "instruction sets that matter for inference (AVX-512, VNNI, BF16, "
+    "AMX) / whether the CPU has bf16 instructions (PyTorch BF16 is measured only then)",
+    "machine.memory_GB / os": "installed memory and operating system",
     "machine.cache_MB": "CPU cache sizes one core sees (L1d, L2, L3); weights smaller than the last-level cache "
     "can partly stay there between tokens",
     "machine.read_bandwidth_GB_s": "measured main-memory READ bandwidth in GB/s per thread count (NumPy sum "
@@ -65,8 +67,8 @@ RESULT_FIELDS = {
     "model": "the model: requested name, slug, stand_in (true: random weights, timings real, text meaningless)",
     "workloads.<w>": "each workload: photo, question, new_tokens, prompt_tokens (text + image tokens), "
     "image_tiles (512x512 tiles the processor made), preprocess_s (processor time, same for all variants)",
-    "variants.<v>.label / backend / precision": "what ran: PyTorch or OpenVINO, weights, and the precision "
-    "the runtime computes in (an FP32 IR runs in bf16 on CPUs with bf16 instructions unless told f32)",
+    "variants.<v>.label / backend / precision / threads": "what ran: PyTorch or OpenVINO, weights, the precision "
+    "the runtime computes in (an FP32 IR runs in bf16 on CPUs with bf16 instructions unless told f32), threads",
     "variants.<v>.load_compile_s": "seconds from from_pretrained to a model ready to generate (OpenVINO: "
     "reading and compiling the IR; PyTorch: loading the checkpoint)",
     "variants.<v>.peak_rss_MB / rss_before_MB": "peak resident memory of the process while loading and "
@@ -81,15 +83,21 @@ RESULT_FIELDS = {
     "variants.<v>.workloads.<w>.bandwidth_bound_tok_s / fraction_of_bound": "decode tokens/s that memory "
     "bandwidth allows (read bandwidth / lm_bytes_per_token) and the measured decode speed as a fraction of it",
     "variants.<v>.error": "present when a variant could not be measured, with the reason",
-    "comparison": "the source blog's ratios beside ours (OpenVINO vs PyTorch, INT8 vs FP, TTFT and decode)",
-    "scaling.tiles": "per variant: TTFT against the number of image tiles (rows: tiles, prompt_tokens, ttft_s)",
-    "scaling.context": "per variant: TPOT against context length in tokens (rows: context_tokens, tpot_s)",
+    "comparison": "speed-ups (TTFT: slower/faster; decode: faster/slower) of OpenVINO FP32 over PyTorch FP32 and "
+    "BF16, and of INT8 and INT4 over the FP32 IR; rows: comparison, figure, source (blog workload; null where "
+    "the source had no such pair), ours (blog), ours (photo)",
+    "scaling.tiles": "per variant: TTFT (median, s) for one photo scaled to longest_edge 512/1024/1536/2048 px "
+    "(rows: longest_edge, image_tiles, image_tokens, prompt_tokens, ttft_s)",
+    "scaling.context": "per variant: TPOT and TTFT (medians, s) of text-only prompts of context_tokens tokens "
+    "(rows: context_tokens, tpot_s, ttft_s)",
     "scaling.threads": "per variant: blog-workload TTFT and TPOT against the number of threads (rows: threads, "
     "ttft_s, tpot_s, decode_tok_s; or skipped with the reason)",
-    "quality.<v>": "against the reference (PyTorch FP32) on data/eval.jsonl: token_agreement (share of "
+    "quality.<v>": "against the reference (PyTorch FP32, reference: true) on `samples` questions of "
+    "data/eval.jsonl, one tile per photo: token_agreement (share of "
     "positions where the variant's top token equals the reference's, teacher-forced on the reference's "
     "greedy tokens), kl_mean (mean KL(reference || variant) of next-token distributions, nats), similarity "
-    "(mean cosine similarity of all-MiniLM-L6-v2 embeddings of the free-running answers), below_floor "
+    "(mean cosine similarity of all-MiniLM-L6-v2 embeddings of the free-running answers; similarity_min: the "
+    "lowest), below_floor "
     "(similarity < 0.90), accuracy (share of answers containing the reference answer; real weights only, "
     "else null)",
 }
@@ -316,15 +324,20 @@ class Candidate:
         return hardware.openvino_compiles(self.ir_dir, hardware.openvino_config(threads, self.precision_hint))
 
 
+_PRECISION_NAMES = {"f32": "float32", "bf16": "bfloat16", "f16": "float16"}  # OpenVINO's names, as torch spells them
+
+
 def runtime_precision(model) -> str:
-    """The precision the model computes in: OpenVINO's ``INFERENCE_PRECISION_HINT`` as compiled, or the torch dtype."""
+    """The precision the model computes in (``float32``, ``bfloat16``...): OpenVINO's ``INFERENCE_PRECISION_HINT``
+    as compiled for the language model, or the torch dtype."""
     if hasattr(model, "language_model") and hasattr(model.language_model, "request"):
         compiled = model.language_model.request.get_compiled_model()
-        return str(compiled.get_property("INFERENCE_PRECISION_HINT")).replace("<Type: '", "").rstrip("'>")
+        name = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        return _PRECISION_NAMES.get(name, name)
     return str(model.dtype).replace("torch.", "")
 
 
-_HALF = {"bf16", "bfloat16", "f16", "float16"}
+_HALF = {"bfloat16", "float16"}
 
 
 def lm_bytes_per_token(model) -> int:
@@ -333,7 +346,9 @@ def lm_bytes_per_token(model) -> int:
     OpenVINO: the constants of the language-model IR (weights, scales, zero points); FP32 weights count 2 bytes
     when the model runs in bf16/f16, since the CPU plugin converts them when it compiles. PyTorch: the
     parameters of the text model and output head. Both leave out the input embedding table (each token reads
-    one row of it). The KV cache is left out too (tens of kB per token of context for this model).
+    one row of it). The KV cache is left out too: for SmolVLM2-256M about 23 kB per token of context at 16 bits
+    (30 layers x keys and values x 3 heads x 64), a couple of MB for the blog prompt but about 100 MB at 4,096
+    tokens, which is why time per token grows with the context.
     """
     if hasattr(model, "language_model") and hasattr(model.language_model, "model"):
         half = runtime_precision(model) in _HALF
