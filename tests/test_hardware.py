@@ -85,3 +85,14 @@ def test_compile_probe_says_yes_for_a_good_model_and_no_for_a_broken_one(tmp_pat
 def test_compile_probe_names_a_missing_model(tmp_path):
     with pytest.raises(FileNotFoundError, match="openvino_language_model.xml"):
         hardware.openvino_compiles(tmp_path, {})
+
+
+def test_cache_sizes_and_a_bandwidth_array_beyond_them():
+    sizes = hardware.cache_sizes_mb()
+    assert all(v > 0 for v in sizes.values())
+    levels = [sizes[k] for k in ("L1d", "L2", "L3") if k in sizes]
+    assert levels == sorted(levels)  # each level is larger than the one before
+    array_mb = hardware.bandwidth_array_mb()
+    assert 1024 <= array_mb <= 4096
+    assert array_mb >= min(4 * max(sizes.values(), default=0), 4096)
+    assert hardware.machine()["cache_MB"] == sizes
