@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import subprocess
@@ -91,7 +92,7 @@ def bandwidth_array_mb() -> int:
     """Array size for :func:`measure_read_bandwidth` that measures DRAM, not cache: 4x the last-level cache,
     at least 1 GB and at most 4 GB."""
     last_level = max(cache_sizes_mb().values(), default=0.0)
-    return int(min(max(1024, 4 * last_level), 4096))
+    return math.ceil(min(max(1024, 4 * last_level), 4096))
 
 
 def supports_bf16() -> bool:
