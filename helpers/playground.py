@@ -211,7 +211,6 @@ def tile_explorer(model, processor, image, *, question: str = chat.DEFAULT_QUEST
     Each move cuts the image again, draws the tiles and measures the time to first token with one new token.
     It draws once when created, so the executed notebook shows the default setting.
     """
-    from IPython.display import display
     import matplotlib.pyplot as plt
 
     start_value = min(max(int(processor.image_processor.size["longest_edge"]), low), high)
@@ -219,7 +218,9 @@ def tile_explorer(model, processor, image, *, question: str = chat.DEFAULT_QUEST
                                description="Longest edge (px)", style={"description_width": "initial"},
                                layout=widgets.Layout(width="60%"))
     line = widgets.HTML()
-    figure = widgets.Output()
+    # An Image widget with the figure as PNG, not an Output widget: nbclient (make run) hangs on an Output widget
+    # that captures a large figure, and a PNG renders the same everywhere (JupyterLab, nbval, exported HTML).
+    figure = widgets.Image(format="png")
 
     def update(_change=None) -> None:
         tiles = images.cut_into_tiles(processor, image, slider.value)
@@ -227,11 +228,11 @@ def tile_explorer(model, processor, image, *, question: str = chat.DEFAULT_QUEST
         answer = chat.ask(model, processor, question, [image], max_new_tokens=1, longest_edge=slider.value)
         line.value = (f"<b>{html.escape(tiles.summary())}</b> · prompt {answer.prompt_tokens} tokens · "
                       f"time to first token {answer.ttft_s:.2f} s")
-        with figure:
-            figure.clear_output(wait=True)
-            fig = images.plot_tiles(tiles)
-            display(fig)
-            plt.close(fig)
+        fig = images.plot_tiles(tiles)
+        png = io.BytesIO()
+        fig.savefig(png, format="png", dpi=90)
+        plt.close(fig)
+        figure.value = png.getvalue()
 
     slider.observe(update, names="value")
     update()
