@@ -60,6 +60,7 @@ def execute_notebook(path: Path, out_dir: Path) -> dict:
             sampler.start()
             for index in tqdm(code_cells, desc=path.stem, unit="cell", file=sys.stdout):
                 client.execute_cell(nb.cells[index], index)
+            client.set_widgets_metadata()  # so the executed .ipynb and .html show the widgets, not just text
     except CellExecutionError as err:
         record["status"] = "failed"
         record["error"] = str(err).strip().splitlines()[-1][:500]
