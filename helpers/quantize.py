@@ -164,7 +164,11 @@ def build_variant(choice: ModelChoice, variant: str, build: Callable[[Path], Non
         print(f"{variant}: {cost['seconds']} s, peak memory {cost['peak_rss_MB']} MB "
               f"({cost['peak_rss_MB'] - cost['start_rss_MB']:+} MB over the {cost['start_rss_MB']} MB before)")
 
-    return export.build_atomically(export.variant_dir(choice, variant), build_and_record, force=force)
+    fp_dir = export.variant_dir(choice, "fp32")
+    # A quantized IR is smaller than the FP32 IR it is made from: that size bounds what the build writes.
+    needed = export.ir_size_bytes(fp_dir) if export.is_complete(fp_dir) else None
+    return export.build_atomically(export.variant_dir(choice, variant), build_and_record, force=force,
+                                   needed_bytes=needed)
 
 
 def read_record(folder: Path) -> dict | None:
