@@ -49,7 +49,10 @@ def load_model(folder: Path, device: str = "CPU"):
     folder = Path(folder)
     if not export.is_complete(folder):
         missing = ", ".join(export.missing_files(folder)) if folder.is_dir() else "the whole folder"
-        raise ChatError(f"No complete OpenVINO model in {folder} (missing: {missing}): run notebook 01 first.")
+        if missing:
+            raise ChatError(f"No complete OpenVINO model in {folder} (missing: {missing}): run notebook 01 first.")
+        raise ChatError(f"The OpenVINO model in {folder} is damaged or stale ({'; '.join(export.problems(folder))}): "
+                        "delete the folder and run the notebook that made it again.")
     model = OVModelForVisualCausalLM.from_pretrained(folder, device=device)
     processor = AutoProcessor.from_pretrained(folder)
     return model, processor

@@ -37,10 +37,6 @@ class ModelChoice:
     fell_back: bool = False
     reason: str = ""
 
-    @property
-    def standin_name(self) -> str | None:
-        return self.slug if self.is_standin else None
-
 
 def standin_path(name: str) -> Path:
     """Folder of a built stand-in in the cache."""

@@ -308,3 +308,19 @@ def test_playground_upload(pg):
     pg._on_upload({"new": ({"name": "mine.jpg", "content": memoryview(astronaut.read_bytes())},)})
     assert pg.image.value == "upload: mine.jpg" and "Added mine.jpg" in pg.status.value
     assert pg.ask().tiles == 17  # the upload is used: a square photo makes 4x4 tiles + global view (cat.jpg: 13)
+
+
+def test_a_damaged_model_folder_is_named_not_loaded(tmp_path):
+    from helpers import export
+
+    def fake_export(folder):
+        (folder / "config.json").write_text("{}")
+        for stem in export.SUBMODELS.values():
+            (folder / f"{stem}.xml").write_text("<net/>")
+            (folder / f"{stem}.bin").write_bytes(b"\0" * 10)
+
+    folder = export.build_atomically(tmp_path / "int8", fake_export)
+    (folder / "openvino_language_model.bin").write_bytes(b"\0" * 3)  # truncated copy
+    message = _message(chat.ChatError, chat.load_model, folder)
+    assert message == (f"The OpenVINO model in {folder} is damaged or stale (openvino_language_model.bin is 3 bytes "
+                       "but was 10 bytes when written): delete the folder and run the notebook that made it again.")
