@@ -1,9 +1,11 @@
 """Which model the series runs: ``VLM_MODEL`` (a Hub id, a local folder, or an offline stand-in).
 
 - unset: the real ``HuggingFaceTB/SmolVLM2-256M-Video-Instruct``; when the Hub can't be reached and the model
-  isn't cached, the series falls back to the ``synthetic-256m`` stand-in and every notebook says so.
+  isn't cached, the series falls back to the ``smollm2-256m`` stand-in (the real SmolLM2-135M-Instruct language
+  model, a random vision encoder) and every notebook says so.
 - a Hub id or a local folder: used as given; an unreachable Hub id stops at once with one clear sentence.
-- ``synthetic-tiny`` / ``synthetic-256m``: stand-ins built locally (see ``helpers.synthetic``).
+- ``smollm2-256m`` / ``synthetic-256m`` / ``synthetic-tiny``: stand-ins built locally (see ``helpers.synthetic``);
+  the two ``synthetic-*`` ones are all random.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from helpers import synthetic
 from helpers.paths import cache_dir
 
 DEFAULT_MODEL_ID = "HuggingFaceTB/SmolVLM2-256M-Video-Instruct"
-FALLBACK_STANDIN = "synthetic-256m"
+FALLBACK_STANDIN = "smollm2-256m"  # speaks real English; synthetic-256m stays the all-random build
 HUB_TIMEOUT_S = 5.0
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
@@ -99,7 +101,8 @@ def resolve_model(requested: str | None = None) -> ModelChoice:
         if not (folder / "config.json").is_file():
             raise ModelUnavailableError(
                 f"VLM_MODEL={name!r} is not a model folder (no config.json in {folder.resolve()}): "
-                "point it at a folder saved with save_pretrained, a Hub id, or synthetic-tiny / synthetic-256m."
+                "point it at a folder saved with save_pretrained, a Hub id, or a stand-in "
+                "(smollm2-256m, synthetic-256m, synthetic-tiny)."
             )
         marker = synthetic.read_marker(folder)
         return ModelChoice(
@@ -128,7 +131,7 @@ def resolve_model(requested: str | None = None) -> ModelChoice:
         )
     raise ModelUnavailableError(
         f"Cannot load {name!r}: {status} and it is not in the local cache; connect to the internet and run "
-        f"`make prefetch VLM_MODEL={name}` once, or set VLM_MODEL=synthetic-256m to use the offline stand-in."
+        f"`make prefetch VLM_MODEL={name}` once, or set VLM_MODEL=smollm2-256m to use the offline stand-in."
     )
 
 
@@ -143,7 +146,9 @@ class Banner:
         c = self.choice
         if not c.is_standin:
             return f"Model: {c.requested} (real weights), loaded from {c.source}."
-        size = "the full SmolVLM2-256M architecture" if c.slug == "synthetic-256m" else "a tiny SmolVLM for tests"
+        # a stand-in's own name; an IR or a copy in another folder still carries it in its marker
+        name = c.slug if c.slug in synthetic.SPECS else (synthetic.read_marker(Path(c.source)) or {}).get("name")
+        spec = synthetic.SPECS.get(name)
         lines = []
         if c.fell_back:
             lines.append(
@@ -151,10 +156,16 @@ class Banner:
                 f"so this run uses the stand-in {c.slug!r}. To use the real model, connect to the internet "
                 "(or run `make prefetch` where you have one) and run again."
             )
-        lines.append(
-            f"STAND-IN MODEL IN USE: {c.slug!r} is {size} with random weights and a locally trained tokenizer. "
-            "Its text is meaningless; its timings are real."
-        )
+        if spec is not None and spec.real_language_model:
+            lines.append(f"STAND-IN MODEL IN USE: {c.slug!r} has the full SmolVLM2-256M architecture; {spec.note}.")
+        else:
+            sizes = {"synthetic-tiny": "a tiny SmolVLM for tests",
+                     "synthetic-256m": "the full SmolVLM2-256M architecture"}
+            size = sizes.get(name, "a SmolVLM stand-in")
+            lines.append(
+                f"STAND-IN MODEL IN USE: {c.slug!r} is {size} with random weights and a locally trained tokenizer. "
+                "Its text is meaningless; its timings are real."
+            )
         return "\n".join(lines)
 
     def __repr__(self) -> str:

@@ -50,21 +50,23 @@ def test_explicit_hub_id_offline_stops_with_one_clear_sentence(offline, monkeypa
         models.resolve_model("HuggingFaceTB/SmolVLM2-256M-Video-Instruct")
     message = str(err.value)
     assert "HuggingFaceTB/SmolVLM2-256M-Video-Instruct" in message
-    assert "synthetic-256m" in message and "make prefetch" in message
+    assert "VLM_MODEL=smollm2-256m" in message and "make prefetch" in message
     assert "\n" not in message
 
 
-def test_default_model_offline_falls_back_to_256m_standin(offline, monkeypatch, tmp_path):
+def test_default_model_offline_falls_back_to_the_speaking_standin(offline, monkeypatch, tmp_path):
     monkeypatch.delenv("VLM_MODEL", raising=False)
     monkeypatch.setattr(models, "_in_hub_cache", lambda repo_id: False)
     monkeypatch.setenv("VLM_CACHE", str(tmp_path))
     built = []
     monkeypatch.setattr(models, "ensure_standin", lambda name: built.append(name) or tmp_path / name)
     choice = models.resolve_model()
-    assert built == ["synthetic-256m"]
-    assert choice.is_standin and choice.fell_back and choice.slug == "synthetic-256m"
+    assert built == ["smollm2-256m"]
+    assert choice.is_standin and choice.fell_back and choice.slug == "smollm2-256m"
     assert choice.requested == models.DEFAULT_MODEL_ID and "HF_HUB_OFFLINE" in choice.reason
-    assert "OFFLINE FALLBACK" in models.show_banner(choice).text
+    banner = models.show_banner(choice).text
+    assert "OFFLINE FALLBACK" in banner and "real SmolLM2-135M-Instruct weights" in banner
+    assert "vision encoder: random" in banner and "does not see the image" in banner
 
 
 def test_prefetched_folder_is_found_offline(offline, monkeypatch, tmp_path, tiny_standin):
