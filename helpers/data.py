@@ -22,6 +22,7 @@ from helpers.paths import DATA_DIR
 IMAGES_DIR = DATA_DIR / "images"
 CALIBRATION_FILE = DATA_DIR / "calibration.jsonl"
 EVAL_FILE = DATA_DIR / "eval.jsonl"
+TEXT_QUESTIONS_FILE = DATA_DIR / "text_questions.jsonl"
 VIDEO_FILE = DATA_DIR / "video" / "slideshow.mp4"
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -69,6 +70,12 @@ def load_calibration_dataset(num_samples: int = 50) -> datasets.Dataset:
 def load_eval_set() -> datasets.Dataset:
     """The questions of ``data/eval.jsonl`` with short reference answers (columns image, question, answer)."""
     return _load_jsonl(EVAL_FILE)
+
+
+def load_text_questions() -> datasets.Dataset:
+    """The text-only questions of ``data/text_questions.jsonl`` with short reference answers (columns question,
+    answer), for a model whose language model has real weights (e.g. the ``smollm2-256m`` stand-in)."""
+    return datasets.load_dataset("json", data_files=str(TEXT_QUESTIONS_FILE), split="train")
 
 
 def video_path() -> Path:
