@@ -22,3 +22,11 @@ def tiny_processor(tiny_standin):
     from transformers import AutoProcessor
 
     return AutoProcessor.from_pretrained(tiny_standin)
+
+
+@pytest.fixture(scope="session")
+def smollm2_standin():
+    """Path of the speaking stand-in (real SmolLM2-135M-Instruct language model, random vision), built once."""
+    from helpers.models import ensure_standin
+
+    return ensure_standin("smollm2-256m")
