@@ -7,7 +7,6 @@ An export or quantization is written to a temporary sibling folder and renamed i
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+from helpers import atomic
 from helpers.models import ModelChoice
 from helpers.paths import models_dir
 
@@ -25,7 +25,7 @@ SUBMODELS = {
     "vision_embeddings_model": "openvino_vision_embeddings_model",
 }
 COMPLETE_MARKER = "export_complete.json"
-PARTIAL_SUFFIX = ".partial"
+PARTIAL_SUFFIX = atomic.PARTIAL_SUFFIX
 
 
 def variant_dir(choice: ModelChoice, variant: str) -> Path:
@@ -37,35 +37,48 @@ class CorruptIRError(RuntimeError):
     """An IR folder on disk is damaged; the message names the file and the fix."""
 
 
-class InsufficientDiskSpaceError(RuntimeError):
-    """Not enough free disk for an export or quantization; the message says how much is needed."""
+# Besides the IR: what loading the folder needs (the model config; the processor and its tokenizer).
+LOAD_FILES = ("config.json", "preprocessor_config.json", "tokenizer_config.json", "tokenizer.json")
 
 
 def missing_files(folder: Path) -> list[str]:
     """Files an exported SmolVLM folder must have but ``folder`` lacks (empty list: complete)."""
     folder = Path(folder)
-    needed = ["config.json", COMPLETE_MARKER]
+    needed = [*LOAD_FILES, COMPLETE_MARKER]
     for stem in SUBMODELS.values():
         needed += [f"{stem}.xml", f"{stem}.bin"]
     return [name for name in needed if not (folder / name).is_file()]
 
 
+def read_marker(folder: Path) -> dict | None:
+    """The completion marker of ``folder`` (versions, file sizes), or ``None`` when it is absent or damaged."""
+    try:
+        marker = json.loads((Path(folder) / COMPLETE_MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) else None
+
+
 def problems(folder: Path) -> list[str]:
     """Why ``folder`` can't be used as a finished export (empty list: it can).
 
-    Cheap checks, run every time a notebook looks for a variant: missing files, files whose size changed since
-    they were written (truncated copies, interrupted syncs), and exports made by other library versions.
+    Cheap checks, run every time a notebook looks for a variant: missing files, a damaged marker, files whose
+    size changed since they were written (truncated copies, interrupted syncs), and exports made by other
+    library versions.
     """
     folder = Path(folder)
     missing = missing_files(folder)
     if missing:
         return [f"missing {name}" for name in missing]
-    marker = json.loads((folder / COMPLETE_MARKER).read_text())
+    marker = read_marker(folder)
+    if marker is None:
+        return [f"{COMPLETE_MARKER} is damaged (not a JSON record of the export)"]
     found = []
     for name, size in marker.get("file_sizes", {}).items():
         actual = (folder / name).stat().st_size if (folder / name).is_file() else None
         if actual != size:
-            found.append(f"{name} is {actual} bytes but was {size} bytes when written")
+            found.append(f"{name} is {actual} bytes but was {size} bytes when written" if actual is not None
+                         else f"{name} is missing (it was {size} bytes when written)")
     for package, version in _versions().items():
         if marker.get(package) not in (None, version):
             found.append(f"made with {package} {marker[package]}, this environment has {version}")
@@ -116,21 +129,8 @@ def estimate_export_bytes(source: str) -> int | None:
     return int(sum(f.stat().st_size for f in files) * scale * 1.1)
 
 
-def check_free_space(folder: Path, needed_bytes: int | None) -> None:
-    """Say how much disk a step needs and how much is free; raise if it clearly won't fit."""
-    if not needed_bytes:
-        return
-    parent = Path(folder)
-    while not parent.exists():
-        parent = parent.parent
-    free = shutil.disk_usage(parent).free
-    print(f"This step writes about {needed_bytes / 1e6:,.0f} MB; {free / 1e9:,.1f} GB free on {parent}.")
-    if free < needed_bytes * 1.2:
-        raise InsufficientDiskSpaceError(
-            f"Not enough disk space for {folder}: it needs about {needed_bytes / 1e6:,.0f} MB and only "
-            f"{free / 1e6:,.0f} MB are free; free some space (e.g. `make clean-models`) or set VLM_MODELS_DIR "
-            "to a larger disk."
-        )
+check_free_space = atomic.check_free_space
+InsufficientDiskSpaceError = atomic.InsufficientDiskSpaceError
 
 
 def build_atomically(
@@ -138,37 +138,38 @@ def build_atomically(
 ) -> Path:
     """Run ``build(tmp_folder)`` and move its result to ``dest`` only when it is a complete export.
 
-    Skips the work when ``dest`` is already complete (unless ``force``); a leftover incomplete, damaged or stale
-    ``dest`` or temporary folder from an interrupted run is reported and rebuilt. ``needed_bytes`` (an estimate)
-    is checked against the free disk first.
+    Skips the work when ``dest`` is already complete (unless ``force``). One process builds at a time: a second
+    one waits for the first and reuses its result (:mod:`helpers.atomic`). A damaged or stale ``dest`` is
+    reported and rebuilt; with ``force`` a complete one is rebuilt too, and replaced only once the new one is
+    complete. ``needed_bytes`` (an estimate) is checked against the free disk first.
     """
     dest = Path(dest)
     if is_complete(dest) and not force:
         print(f"Skipped: a complete export is already at {dest}")
         return dest
-    if dest.exists():
-        print(f"Found an unusable folder at {dest} ({'; '.join(problems(dest)) or 'rebuild requested'}); rebuilding it.")
-        shutil.rmtree(dest)
-    tmp = dest.with_name(dest.name + PARTIAL_SUFFIX)
-    if tmp.exists():
-        print(f"Removing {tmp}, left over from an interrupted run.")
-        shutil.rmtree(tmp)
-    check_free_space(dest, needed_bytes)
-    tmp.mkdir(parents=True)
-    start = time.perf_counter()
-    with warnings.catch_warnings():
-        # Tracing SmolVLM warns about Python-side shape arithmetic; expected for this model, not actionable.
-        warnings.filterwarnings("ignore", message=".*might cause the trace to be incorrect.*")
-        warnings.filterwarnings("ignore", message=".*registered as constants in the trace.*")
-        build(tmp)
-    seconds = time.perf_counter() - start
-    missing = [name for name in missing_files(tmp) if name != COMPLETE_MARKER]
-    if missing:
-        raise RuntimeError(f"the export into {tmp} did not produce {', '.join(missing)}; nothing was moved into place")
-    sizes = {f.name: f.stat().st_size for f in sorted(tmp.iterdir()) if f.suffix in (".xml", ".bin")}
-    marker = _versions() | {"build_seconds": round(seconds, 1), "file_sizes": sizes}
-    (tmp / COMPLETE_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-    os.replace(tmp, dest)
+    with atomic.locked(dest):
+        if is_complete(dest) and not force:  # another process finished it while we waited
+            print(f"Skipped: a complete export is already at {dest}")
+            return dest
+        if dest.exists():
+            print(f"Found an unusable folder at {dest} ({'; '.join(problems(dest)) or 'rebuild requested'}); "
+                  "rebuilding it.")
+        atomic.check_free_space(dest, needed_bytes)
+        with atomic.partial_folder(dest) as tmp:
+            start = time.perf_counter()
+            with warnings.catch_warnings():
+                # Tracing SmolVLM warns about Python-side shape arithmetic; expected for this model, not actionable.
+                warnings.filterwarnings("ignore", message=".*might cause the trace to be incorrect.*")
+                warnings.filterwarnings("ignore", message=".*registered as constants in the trace.*")
+                build(tmp)
+            seconds = time.perf_counter() - start
+            missing = [name for name in missing_files(tmp) if name != COMPLETE_MARKER]
+            if missing:
+                raise RuntimeError(f"the export into {tmp} did not produce {', '.join(missing)}; "
+                                   "nothing was moved into place")
+            sizes = {f.name: f.stat().st_size for f in sorted(tmp.iterdir()) if f.is_file()}
+            marker = _versions() | {"build_seconds": round(seconds, 1), "file_sizes": sizes}
+            (tmp / COMPLETE_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
     print(f"Done in {seconds:.1f} s: {dest}")
     return dest
 

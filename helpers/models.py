@@ -39,6 +39,17 @@ class ModelChoice:
     fell_back: bool = False
     reason: str = ""
 
+    @property
+    def real_vision(self) -> bool:
+        """True when the vision encoder has real weights (only the real model: every stand-in's is random)."""
+        return not self.is_standin
+
+    @property
+    def real_language_model(self) -> bool:
+        """True when the language model has real weights: the real model, or a stand-in built with them."""
+        spec = synthetic.SPECS.get(self.slug)
+        return not self.is_standin or bool(spec and spec.real_language_model)
+
 
 def standin_path(name: str) -> Path:
     """Folder of a built stand-in in the cache."""
@@ -48,8 +59,10 @@ def standin_path(name: str) -> Path:
 def ensure_standin(name: str) -> Path:
     """Build stand-in ``name`` once (deterministically) and reuse it afterwards."""
     path = standin_path(name)
-    marker = synthetic.read_marker(path)
-    if marker is None or marker.get("version") != synthetic.STANDIN_VERSION:
+    found = synthetic.problems(path)
+    if found:
+        if path.exists():
+            print(f"The stand-in in {path} can't be reused ({'; '.join(found)}); rebuilding it.", flush=True)
         print(f"Building the offline stand-in {name!r} into {path} (once; later runs reuse it)...", flush=True)
         synthetic.build_standin(name, path)
     return path

@@ -10,7 +10,7 @@ import os
 import sys
 
 from helpers.models import DEFAULT_MODEL_ID, ModelUnavailableError, ensure_standin, hub_status, prefetched_path
-from helpers import synthetic
+from helpers import atomic, synthetic
 
 
 def prefetch(repo_id: str) -> str:
@@ -26,9 +26,11 @@ def prefetch(repo_id: str) -> str:
         raise ModelUnavailableError(f"Cannot prefetch {repo_id!r}: {status}; run this where the Hub is reachable.")
     from huggingface_hub import snapshot_download
 
-    tmp = dest.with_name(dest.name + ".partial")
-    snapshot_download(repo_id, local_dir=tmp)  # shows download progress bars
-    os.replace(tmp, dest)
+    with atomic.locked(dest):
+        if (dest / "config.json").is_file():  # another process fetched it while this one waited
+            return str(dest)
+        with atomic.partial_folder(dest) as tmp:
+            snapshot_download(repo_id, local_dir=tmp)  # shows download progress bars
     print(f"Prefetched {repo_id} into {dest}")
     return str(dest)
 

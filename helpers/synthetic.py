@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from helpers import smollm2
+from helpers import atomic, smollm2
 
 # The real model's chat template (SmolVLM2-256M-Video-Instruct); the tests check it renders the same way.
 CHAT_TEMPLATE = (
@@ -42,7 +41,7 @@ SMOLLM2_NOTE = (
     "language model: real SmolLM2-135M-Instruct weights (from a 4-bit GGUF, dequantized); "
     "vision encoder: random, so it writes real English but does not see the image; timings real"
 )
-STANDIN_VERSION = 1  # bump when a change here makes earlier builds stale; ensure_standin then rebuilds
+STANDIN_VERSION = 2  # 2: the marker records file sizes. Bump when earlier builds become stale (they are rebuilt)
 SEED = 20251015  # the source blog's date; any fixed value makes the build deterministic
 
 # Tokens the trainer puts first (ids 0, 1, 2), as in SmolLM2's tokenizer.
@@ -78,7 +77,6 @@ class StandinSpec:
     def note(self) -> str:
         """What is real and what is not, as the marker file and config.json say it."""
         return SMOLLM2_NOTE if self.real_language_model else STANDIN_NOTE
-
 
 
 SPECS: dict[str, StandinSpec] = {
@@ -285,22 +283,31 @@ def build_config(spec: StandinSpec, tokenizer):
     return config
 
 
-def build_standin(name: str, dest: Path, seed: int = SEED) -> Path:
+def build_standin(name: str, dest: Path, seed: int = SEED, *, force: bool = False) -> Path:
     """Build stand-in ``name`` into ``dest`` (model, processor, tokenizer, generation config, marker file).
 
-    Deterministic for a given seed. Writes to a temporary sibling folder and renames it into place at the end,
-    so an interrupted build never leaves a folder that looks complete.
+    Deterministic for a given seed. One process builds at a time, into a temporary sibling folder that is moved
+    into place only when complete (:mod:`helpers.atomic`), so an interrupted build never leaves a folder that
+    looks complete and two builds at once never mix. A usable build already in ``dest`` (e.g. made by another
+    process while this one waited) is reused unless ``force``.
     """
+    if name not in SPECS:
+        raise ValueError(f"unknown stand-in {name!r}; choose one of {sorted(SPECS)}")
+    dest = Path(dest)
+    with atomic.locked(dest):
+        if not force and not problems(dest):
+            return dest
+        with atomic.partial_folder(dest) as tmp:
+            _write_standin(name, tmp, seed)
+    return dest
+
+
+def _write_standin(name: str, tmp: Path, seed: int) -> None:
+    """Write stand-in ``name`` into the empty folder ``tmp``, its marker (with every file's size) last."""
     import torch
     from transformers import GenerationConfig, SmolVLMForConditionalGeneration
 
-    if name not in SPECS:
-        raise ValueError(f"unknown stand-in {name!r}; choose one of {sorted(SPECS)}")
     spec = SPECS[name]
-    dest = Path(dest)
-    tmp = dest.with_name(dest.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
 
     start = time.perf_counter()
     tokenizer = build_tokenizer(spec, seed)
@@ -330,18 +337,45 @@ def build_standin(name: str, dest: Path, seed: int = SEED) -> Path:
         "note": spec.note,
         **({"language_model": smollm2.SOURCE} if spec.real_language_model else {}),
         "build_seconds": round(time.perf_counter() - start, 1),
+        "file_sizes": {f.name: f.stat().st_size for f in sorted(tmp.iterdir()) if f.is_file()},
     }
     (tmp / STANDIN_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-    if dest.exists():
-        shutil.rmtree(dest)
-    tmp.rename(dest)
-    return dest
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def read_marker(folder: Path) -> dict | None:
-    """The stand-in marker of a model folder (a built stand-in or an IR made from one), or ``None``."""
+    """The stand-in marker of a model folder (a built stand-in or an IR made from one), or ``None`` (also when
+    the file is damaged: :func:`problems` says so)."""
     path = Path(folder) / STANDIN_MARKER
     if path.is_file():
-        return json.loads(path.read_text())
-    config = Path(folder) / "config.json"
-    return json.loads(config.read_text()).get("standin") if config.is_file() else None
+        return _read_json(path)
+    config = _read_json(Path(folder) / "config.json")
+    return config.get("standin") if config else None
+
+
+def problems(folder: Path) -> list[str]:
+    """Why the built stand-in in ``folder`` can't be reused (empty list: it can): no folder, a missing or
+    damaged marker, a build of another version, or a file whose size changed since it was written."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return ["not built yet"]
+    marker = _read_json(folder / STANDIN_MARKER)
+    if marker is None:
+        return [f"{STANDIN_MARKER} is missing or damaged"]
+    if marker.get("version") != STANDIN_VERSION:
+        return [f"built by version {marker.get('version')} of this code, which is now {STANDIN_VERSION}"]
+    found = []
+    for file_name, size in marker.get("file_sizes", {}).items():
+        path = folder / file_name
+        actual = path.stat().st_size if path.is_file() else None
+        if actual != size:
+            found.append(f"{file_name} is {actual} bytes but was {size} bytes when written" if actual is not None
+                         else f"{file_name} is missing")
+    return found

@@ -16,7 +16,8 @@ from helpers import export
 
 def _fake_export(folder):
     """Write the files of a complete SmolVLM export (contents don't matter to the atomic logic)."""
-    (folder / "config.json").write_text("{}")
+    for name in export.LOAD_FILES:
+        (folder / name).write_text("{}")
     for stem in export.SUBMODELS.values():
         (folder / f"{stem}.xml").write_text("<net/>")
         (folder / f"{stem}.bin").write_bytes(b"\0" * 10)
@@ -64,9 +65,11 @@ def test_leftovers_of_an_interrupted_run_are_reported_and_rebuilt(tmp_path, caps
 
 def test_tiny_model_exports_with_three_submodels(tmp_path, tiny_standin):
     from optimum.intel import OVModelForVisualCausalLM
+    from transformers import AutoProcessor
 
     def build(folder):
         OVModelForVisualCausalLM.from_pretrained(tiny_standin, export=True, compile=False).save_pretrained(folder)
+        AutoProcessor.from_pretrained(tiny_standin).save_pretrained(folder)
 
     dest = export.build_atomically(tmp_path / "fp32", build)
     table = export.describe_submodels(dest)
@@ -100,9 +103,11 @@ def test_an_export_from_other_library_versions_is_stale(tmp_path):
 
 def test_check_ir_reads_the_graph_and_names_a_damaged_file(tmp_path, tiny_standin):
     from optimum.intel import OVModelForVisualCausalLM
+    from transformers import AutoProcessor
 
     def build(folder):
         OVModelForVisualCausalLM.from_pretrained(tiny_standin, export=True, compile=False).save_pretrained(folder)
+        AutoProcessor.from_pretrained(tiny_standin).save_pretrained(folder)
 
     dest = export.build_atomically(tmp_path / "fp32", build)
     assert export.check_ir(dest) == dest
@@ -142,3 +147,25 @@ def test_killing_an_export_midway_then_rerunning_rebuilds_it(tmp_path, tiny_stan
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "left over from an interrupted run" in rerun.stdout
     assert export.is_complete(tmp_path / "synthetic-tiny" / "fp32") and not partial.exists()
+
+
+def test_a_clean_load_prints_nothing_that_looks_like_an_error(tmp_path, tiny_standin):
+    """optimum-intel logs a harmless "Could not infer whether the model was already converted ... [Errno 2]" on
+    every offline load; helpers.quiet drops exactly that message at its logger."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", VLM_MODEL="synthetic-tiny", VLM_MODELS_DIR=str(tmp_path))
+    code = """
+from pathlib import Path
+from helpers import chat, export, models
+folder = export.export_fp32(models.resolve_model())
+print("LOADING", flush=True)
+from optimum.intel import OVModelForVisualCausalLM
+chat.load_model(folder)
+OVModelForVisualCausalLM.from_pretrained(Path(folder))
+OVModelForVisualCausalLM.from_pretrained(str(folder))
+"""
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    export_output, _, load_output = (run.stdout + run.stderr).partition("LOADING")
+    assert "Failed to build model wrapper" not in export_output
+    for alarming in ("error", "errno", "traceback", "could not", "failed", "exception", "takes 2 positional"):
+        assert alarming not in load_output.lower(), load_output

@@ -67,7 +67,7 @@ def test_256m_has_the_real_architecture():
     n_params = sum(p.numel() for p in model.parameters())
     assert 256.0e6 < n_params < 257.0e6, n_params
     lm = sum(p.numel() for n, p in model.named_parameters() if ".text_model.layers." in n) / 30
-    assert 3.5e6 < lm < 3.6e6  # 3.54M per decoder layer (FIELD-GUIDE)
+    assert 3.5e6 < lm < 3.6e6  # 3.54M per layer: q, o 576x576; k, v 576x192; MLP 3 x 576x1536
     assert config.image_token_id == 49190
     assert tokenizer.convert_tokens_to_ids("<end_of_utterance>") == 49279
     assert len(tokenizer) == config.text_config.vocab_size == 49280
@@ -86,3 +86,28 @@ def test_tiny_is_small_and_the_build_is_deterministic(tmp_path, tiny_standin):
         first = hashlib.sha256((tiny_standin / name).read_bytes()).hexdigest()
         assert hashlib.sha256((again / name).read_bytes()).hexdigest() == first, name
     assert not (tmp_path / "again.partial").exists()
+
+
+@pytest.mark.parametrize("damage, expected", [
+    ("model.safetensors", "model.safetensors is 100 bytes but was"),
+    ("standin.json", "standin.json is missing or damaged"),
+])
+def test_a_damaged_standin_cache_is_named_and_rebuilt(tmp_path, monkeypatch, tiny_standin, capsys, damage,
+                                                      expected):
+    import shutil
+
+    from helpers import models
+
+    monkeypatch.setenv("VLM_CACHE", str(tmp_path))
+    folder = models.standin_path("synthetic-tiny")
+    shutil.copytree(tiny_standin, folder)
+    assert synthetic.problems(folder) == []
+    path = folder / damage
+    path.write_bytes(path.read_bytes()[:100] if damage == "model.safetensors" else b"")  # a copy cut short
+    assert any(expected in p for p in synthetic.problems(folder))
+    models.ensure_standin("synthetic-tiny")
+    out = capsys.readouterr().out
+    assert "can't be reused" in out and expected in out
+    assert synthetic.problems(folder) == []
+    assert (folder / "model.safetensors").read_bytes() == (tiny_standin / "model.safetensors").read_bytes()
+    assert synthetic.read_marker(folder)["file_sizes"] == synthetic.read_marker(tiny_standin)["file_sizes"]
