@@ -1,4 +1,5 @@
-"""Speed benchmark of PyTorch and OpenVINO variants, measured the way the field measures (FIELD-GUIDE §3).
+"""Speed benchmark of PyTorch and OpenVINO variants, measured the way the field measures (optimum-benchmark's
+``scenarios/inference`` and OpenVINO GenAI's ``tools/llm_bench``).
 
 Why by hand and not optimum-benchmark: optimum-benchmark 0.6.0 (the current release) has no OpenVINO backend
 for ``image-text-to-text`` (it stops with "OVBackend does not support task image-text-to-text"), and it feeds
@@ -36,7 +37,8 @@ QUICK_ENV = "VLM_QUICK"
 RESULTS_FILE = "results.json"
 TILE_SIZE = 512  # SmolVLM's tile edge in pixels
 
-# The source blog's table (FIELD-GUIDE §1): Core Ultra 7 265K, 20 cores, OpenVINO 2025.2, 16 new tokens.
+# The source blog's table (Hugging Face blog "Get your VLM running in 3 simple steps on Intel CPUs", Oct 2025):
+# Core Ultra 7 265K, 20 cores, OpenVINO 2025.2, 16 new tokens.
 SOURCE_TABLE = {
     "machine": "Intel Core Ultra 7 265K (20 cores), DDR5-6400; OpenVINO 2025.2, optimum-intel 1.25.2",
     "rows": {
@@ -92,14 +94,15 @@ RESULT_FIELDS = {
     "(rows: context_tokens, tpot_s, ttft_s)",
     "scaling.threads": "per variant: blog-workload TTFT and TPOT against the number of threads (rows: threads, "
     "ttft_s, tpot_s, decode_tok_s; or skipped with the reason)",
-    "quality.<v>": "against the reference (PyTorch FP32, reference: true) on `samples` questions of "
-    "data/eval.jsonl, one tile per photo: token_agreement (share of "
+    "quality.<v>": "against the reference (PyTorch FP32, reference: true) on `samples` questions: "
+    "photo_questions of data/eval.jsonl (one tile per photo) and text_questions of data/text_questions.jsonl; "
+    "token_agreement (share of "
     "positions where the variant's top token equals the reference's, teacher-forced on the reference's "
     "greedy tokens), kl_mean (mean KL(reference || variant) of next-token distributions, nats), similarity "
     "(mean cosine similarity of all-MiniLM-L6-v2 embeddings of the free-running answers; similarity_min: the "
     "lowest), below_floor "
-    "(similarity < 0.90), accuracy (share of answers containing the reference answer; real weights only, "
-    "else null)",
+    "(similarity < 0.90), accuracy (share of photo answers containing the reference answer; real vision "
+    "encoder only, else null), text_accuracy (the same on the text questions; real language model only, else null)",
 }
 
 
@@ -118,7 +121,8 @@ class Plan:
     context_lengths: tuple[int, ...]  # prompt lengths (tokens) for the TPOT-vs-context sweep
     thread_counts: tuple[int, ...]  # thread counts for the thread sweep
     sweep_iterations: int  # timed calls per point of a sweep (after one warm-up call per sweep)
-    eval_samples: int  # questions of data/eval.jsonl used for quality
+    eval_samples: int  # photo questions of data/eval.jsonl used for quality
+    text_samples: int | None  # text questions of data/text_questions.jsonl used for quality (None: all)
     eval_new_tokens: int  # longest answer (tokens) in the quality evaluation
 
     def as_dict(self) -> dict:
@@ -142,10 +146,11 @@ def plan(quick: bool | None = None) -> Plan:
     quick = quick_mode() if quick is None else quick
     if quick:
         return Plan(warmup=1, iterations={"blog": 2, "photo": 2}, tile_edges=(512, 1024), context_lengths=(64, 256),
-                    thread_counts=thread_counts(), sweep_iterations=1, eval_samples=3, eval_new_tokens=8)
+                    thread_counts=thread_counts(), sweep_iterations=1, eval_samples=3, text_samples=3,
+                    eval_new_tokens=8)
     return Plan(warmup=1, iterations={"blog": 10, "photo": 3}, tile_edges=(512, 1024, 1536, 2048),
                 context_lengths=(128, 512, 1024, 2048, 4096), thread_counts=thread_counts(), sweep_iterations=3,
-                eval_samples=12, eval_new_tokens=24)
+                eval_samples=12, text_samples=None, eval_new_tokens=24)
 
 
 # --- workloads --------------------------------------------------------------------------------------------
@@ -220,7 +225,7 @@ def prepare_workloads(processor, model_config, workloads: dict[str, Workload] = 
             times.append(time.perf_counter() - start)
         facts = {"photo": w.photo, "photo_size": list(image.size), "question": w.question,
                  "new_tokens": w.new_tokens, "description": w.description,
-                 **input_facts(model_config, inputs), "preprocess_s": round(min(times), 4)}
+                 **input_facts(model_config, inputs), "preprocess_s": significant(min(times))}
         prepared[name] = PreparedWorkload(w, inputs, facts)
     return prepared
 
@@ -282,6 +287,12 @@ def time_generation(model, inputs, new_tokens: int) -> dict:
         raise RuntimeError(f"asked for {new_tokens} new tokens, the streamer saw {len(clock.times)}")
     tpot = (clock.times[-1] - clock.times[0]) / (new_tokens - 1)
     return {"ttft_s": clock.times[0] - start, "tpot_s": tpot, "decode_tok_s": 1.0 / tpot, "e2e_s": end - start}
+
+
+def significant(value: float, digits: int = 4) -> float:
+    """``value`` rounded to ``digits`` significant figures. Unlike rounding to fixed decimals, a small figure
+    (a tiny model, a slow or a very fast CPU) never becomes 0."""
+    return float(f"{value:.{digits}g}")
 
 
 def summarize(values: Sequence[float]) -> dict:
@@ -395,7 +406,7 @@ def measure_variant(candidate: Candidate, prepared: dict[str, PreparedWorkload],
     if candidate.ir_dir is not None:
         from helpers.export import ir_size_bytes
 
-        record["ir_size_MB"] = round(ir_size_bytes(candidate.ir_dir) / 1e6, 1)
+        record["ir_size_MB"] = significant(ir_size_bytes(candidate.ir_dir) / 1e6)
     if not candidate.compiles_with(threads):
         record["error"] = f"OpenVINO crashes compiling this variant with {threads} thread(s) (see helpers.hardware)"
         return record, None
@@ -404,9 +415,9 @@ def measure_variant(candidate: Candidate, prepared: dict[str, PreparedWorkload],
         with measure() as memory:
             start = time.perf_counter()
             model = candidate.load(threads)
-            record["load_compile_s"] = round(time.perf_counter() - start, 3)
+            record["load_compile_s"] = significant(time.perf_counter() - start)
             record["precision"] = runtime_precision(model)
-            record["lm_bytes_per_token_MB"] = round(lm_bytes_per_token(model) / 1e6, 2)
+            record["lm_bytes_per_token_MB"] = significant(lm_bytes_per_token(model) / 1e6)
             record["workloads"] = {name: run_workload(model, p, warmup, iterations[name])
                                    for name, p in prepared.items()}
         record["peak_rss_MB"], record["rss_before_MB"] = memory["peak_rss_MB"], memory["start_rss_MB"]
@@ -432,8 +443,8 @@ def add_bandwidth_bound(records: dict[str, dict], bandwidth_gb_s: float) -> None
             continue
         bound = bandwidth_gb_s * 1e9 / (mb * 1e6)
         for figures in record.get("workloads", {}).values():
-            figures["bandwidth_bound_tok_s"] = round(bound, 2)
-            figures["fraction_of_bound"] = round(figures["decode_tok_s"]["median"] / bound, 3)
+            figures["bandwidth_bound_tok_s"] = significant(bound)
+            figures["fraction_of_bound"] = significant(figures["decode_tok_s"]["median"] / bound)
 
 
 # --- how cost grows ---------------------------------------------------------------------------------------
@@ -711,6 +722,10 @@ def check_results(results: dict, variants: Sequence[str], workloads: Sequence[st
                 value = q.get(figure)
                 if not isinstance(value, (int, float)) or not (math.isfinite(value) and -1.0 <= value <= 1.0):
                     problems.append(f"quality.{key}.{figure} is {value!r}, not a number in [-1, 1]")
+            for figure in ("accuracy", "text_accuracy"):
+                value = q.get(figure)
+                if value is not None and not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+                    problems.append(f"quality.{key}.{figure} is {value!r}, not null or a share in [0, 1]")
             kl = q.get("kl_mean")
             if not isinstance(kl, (int, float)) or not math.isfinite(kl) or kl < 0:
                 problems.append(f"quality.{key}.kl_mean is {kl!r}, not a finite number >= 0")

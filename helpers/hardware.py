@@ -212,5 +212,5 @@ def machine(bandwidth_gb_s: dict[int, float] | None = None, threads: int | None 
         "os": platform.platform(),
     }
     if bandwidth_gb_s:
-        facts["read_bandwidth_GB_s"] = {str(k): round(v, 2) for k, v in bandwidth_gb_s.items()}
+        facts["read_bandwidth_GB_s"] = {str(k): float(f"{v:.4g}") for k, v in bandwidth_gb_s.items()}
     return facts

@@ -272,6 +272,25 @@ def test_results_round_trip_and_a_complete_file_has_no_problems(tmp_path):
     assert bench.check_results(loaded, ["pytorch-fp32", "openvino-fp32"], ["blog"]) == []
 
 
+def test_figures_of_a_slow_cpu_and_a_tiny_model_pass_the_check(tmp_path):
+    """A slow CPU, a fast memory and a tiny model give figures far below 0.001: none may round to 0."""
+    results = _results(tmp_path)
+    slow = {"pytorch-fp32": _record("pytorch", 90.0, 0.004, mb=0.05), "openvino-fp32": _record("openvino", 40.0, 0.02)}
+    for r in slow.values():
+        r.update(load_compile_s=0.0004, peak_rss_MB=900, ir_size_MB=0.0007)
+    bench.add_bandwidth_bound(slow, 200.0)  # 200 GB/s / 0.05 MB = 4 million tokens/s: a fraction of 1e-9
+    results["variants"] = slow
+    loaded = bench.load_results(bench.save_results(results, tmp_path / "results.json"))
+    fraction = loaded["variants"]["pytorch-fp32"]["workloads"]["blog"]["fraction_of_bound"]
+    assert 0 < fraction < 1e-8
+    assert bench.check_results(loaded, ["pytorch-fp32", "openvino-fp32"], ["blog"]) == []
+
+
+@pytest.mark.parametrize("value, expected", [(0.0004321987, 0.0004322), (123456.7, 123500.0), (2.0, 2.0)])
+def test_significant_keeps_four_figures(value, expected):
+    assert bench.significant(value) == expected
+
+
 def test_check_results_names_each_problem(tmp_path):
     results = json.loads(json.dumps(_results(tmp_path), default=str))
     results["variants"]["openvino-fp32"]["workloads"]["blog"]["tpot_s"]["median"] = float("nan")
