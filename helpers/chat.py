@@ -5,18 +5,22 @@ Notebook 03 shows the calls themselves (messages, ``apply_chat_template``, the p
 ends in one clear sentence (:class:`ChatError`, :class:`helpers.images.ImageError`, ``ValueError`` for a
 device) instead of a traceback from deep inside transformers or OpenVINO.
 
-Timings follow the field's definitions (see the field guide): time to first token (TTFT) runs from the start
-of :func:`ask` (so it includes loading and cutting the image into tiles, and the vision encoder) to the first
-generated token; decode speed is ``(new tokens - 1) / (time of last token - time of first token)``.
+Timings follow the field's definitions (as OpenVINO GenAI's llm_bench takes them): time to first token (TTFT)
+runs from the start of :func:`ask` (so it includes loading and cutting the image into tiles, and the vision
+encoder) to the first generated token; decode speed is ``(new tokens - 1) / (time of last token - time of first token)``.
 """
 
 from __future__ import annotations
 
+import numbers
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from PIL import Image
 
 from helpers import devices, export, images
 from helpers.models import ModelChoice
@@ -53,13 +57,21 @@ def load_model(folder: Path, device: str = "CPU"):
             raise ChatError(f"No complete OpenVINO model in {folder} (missing: {missing}): run notebook 01 first.")
         raise ChatError(f"The OpenVINO model in {folder} is damaged or stale ({'; '.join(export.problems(folder))}): "
                         "delete the folder and run the notebook that made it again.")
+    try:
+        export.check_ir(folder)  # parses the graphs too: a same-size corrupted file, named before OpenVINO trips on it
+    except export.CorruptIRError as err:
+        raise ChatError(str(err)) from None
     model = OVModelForVisualCausalLM.from_pretrained(folder, device=device)
     processor = AutoProcessor.from_pretrained(folder)
     return model, processor
 
 
 def check_question(question: str, processor=None) -> str:
-    """``question`` without surrounding blanks; :class:`ChatError` if it is empty or holds the model's markers."""
+    """``question`` without surrounding blanks; :class:`ChatError` if it is not text, empty, or holds the model's
+    markers."""
+    if question is not None and not isinstance(question, str):
+        raise ChatError(f"The question must be text (a str), not {type(question).__name__}: "
+                        f"e.g. \"What is in this image?\".")
     text = (question or "").strip()
     if not text:
         raise ChatError("The question is empty: type what you want to know about the image.")
@@ -72,6 +84,32 @@ def check_question(question: str, processor=None) -> str:
                     "remove it (add images with one {'type': 'image'} entry each instead)."
                 )
     return text
+
+
+_ONE_IMAGE = (str, os.PathLike, bytes, bytearray, memoryview, Image.Image)
+MAX_LONGEST_EDGE = images.MAX_EDGE  # SmolVLM2's processor resizes to at most 2048 px (4x4 tiles of 512)
+
+
+def check_image_list(image_list) -> list:
+    """``image_list`` as a list; :class:`ChatError` when it is one image instead of a list, or not a list."""
+    if isinstance(image_list, _ONE_IMAGE):
+        shown = (repr(str(image_list)) if isinstance(image_list, (str, os.PathLike))
+                 else "image" if isinstance(image_list, Image.Image) else "data")
+        raise ChatError(f"Images go in a list, even a single one: pass [{shown}] instead of {shown}.")
+    if not isinstance(image_list, (list, tuple)):
+        raise ChatError(f"image_list must be a list of images (file paths, bytes or PIL images), "
+                        f"not {type(image_list).__name__}.")
+    return list(image_list)
+
+
+def check_count(name: str, value, low: int = 1, high: int | None = None) -> int:
+    """``value`` as an int when it is a whole number in ``[low, high]``; else one :class:`ChatError` sentence."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ChatError(f"{name} must be a whole number, not {value!r}.")
+    if value < low or (high is not None and value > high):
+        limits = f"from {low} to {high}" if high is not None else f"of at least {low}"
+        raise ChatError(f"{name} must be a whole number {limits}, not {value}.")
+    return int(value)
 
 
 def user_message(question: str, n_images: int = 1, video: bool = False) -> list[dict]:
@@ -102,6 +140,12 @@ def prepare_inputs(
     resizes images to before cutting tiles (default: the processor's, 2048 for SmolVLM2). Raises
     :class:`ChatError` when the images don't match the places the prompt has for them.
     """
+    image_list = check_image_list(image_list)
+    if longest_edge is not None:
+        longest_edge = check_count("longest_edge", longest_edge, images.MIN_EDGE, MAX_LONGEST_EDGE)
+    if video is not None and not isinstance(video, (str, os.PathLike, tuple)):
+        raise ChatError(f"video must be a file path or the (frames, metadata) of images.load_video, "
+                        f"not {type(video).__name__}.")
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
     image_places, video_places = prompt.count(processor.image_token), prompt.count(processor.video_token)
     n_images = len(image_list)
@@ -207,8 +251,7 @@ def stream_answer(
     ``start`` (a ``time.perf_counter()`` value) is where TTFT is counted from (default: now). An error inside
     ``generate`` is raised here; an interrupted caller (e.g. the notebook's stop button) stops generation too.
     """
-    if int(max_new_tokens) < 1:
-        raise ChatError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
+    max_new_tokens = check_count("max_new_tokens", max_new_tokens)
     start = time.perf_counter() if start is None else start
     prompt_tokens = int(inputs["input_ids"].shape[1])
     limit = getattr(model.config.text_config, "max_position_embeddings", None)
@@ -221,7 +264,7 @@ def stream_answer(
 
     def generate() -> None:
         try:
-            model.generate(**inputs, max_new_tokens=int(max_new_tokens), do_sample=False, streamer=streamer,
+            model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer,
                            stopping_criteria=_stop_when(stop))
         except BaseException as err:  # handed to the caller below; end the stream so its loop doesn't wait forever
             errors.append(err)
@@ -266,9 +309,62 @@ def ask(
     longest_edge: int | None = None,
     on_text: Callable[[str], None] | None = None,
 ) -> Answer:
-    """Ask ``question`` about ``image_list`` (or a ``video``) and stream the answer; checks every input first."""
-    start = time.perf_counter()
-    question = check_question(question, processor)
-    messages = user_message(question, n_images=len(image_list), video=video is not None)
-    inputs = prepare_inputs(processor, messages, image_list, video, longest_edge=longest_edge)
-    return stream_answer(model, processor, inputs, max_new_tokens=max_new_tokens, on_text=on_text, start=start)
+    """Ask ``question`` about ``image_list`` (or a ``video``) and stream the answer; checks every input first.
+
+    One turn, no memory: :class:`Conversation` keeps earlier turns.
+    """
+    return Conversation().ask(model, processor, question, image_list, video, max_new_tokens=max_new_tokens,
+                              longest_edge=longest_edge, on_text=on_text)
+
+
+class Conversation:
+    """A multi-turn chat: every new prompt holds the earlier turns (through the chat template) and their images.
+
+    The model itself has no memory between ``generate`` calls: it reads the whole conversation again each turn,
+    so every turn's images stay in the prompt (and cost their tiles again) until :meth:`clear`.
+    """
+
+    def __init__(self) -> None:
+        self.messages: list[dict] = []  # user and assistant turns, as the chat template takes them
+        self.images: list = []  # the earlier turns' images, in the order of their places in the prompt
+        self.video = None  # or the video of an earlier turn
+
+    @property
+    def turns(self) -> int:
+        """How many questions have been answered so far."""
+        return sum(1 for m in self.messages if m["role"] == "user")
+
+    def clear(self) -> None:
+        """Forget every earlier turn."""
+        self.messages, self.images, self.video = [], [], None
+
+    def ask(
+        self,
+        model,
+        processor,
+        question: str,
+        image_list: Sequence[images.ImageSource] = (),
+        video=None,
+        *,
+        max_new_tokens: int = 64,
+        longest_edge: int | None = None,
+        on_text: Callable[[str], None] | None = None,
+    ) -> Answer:
+        """Ask ``question`` (about new images in ``image_list`` or a ``video``, if any) as the next turn; the
+        answer streams to ``on_text`` and joins the conversation. Checks every input first."""
+        start = time.perf_counter()
+        question = check_question(question, processor)
+        pictures = [images.load_image(source) for source in check_image_list(image_list)]
+        new_video = video is not None
+        if (new_video and (self.images or self.video is not None)) or (pictures and self.video is not None):
+            raise ChatError("SmolVLM's processor takes either images or one video in a prompt, not both: clear "
+                            "the conversation first.")
+        messages = self.messages + user_message(question, n_images=len(pictures), video=new_video)
+        video = video if new_video else self.video
+        inputs = prepare_inputs(processor, messages, self.images + pictures, video, longest_edge=longest_edge)
+        answer = stream_answer(model, processor, inputs, max_new_tokens=max_new_tokens, on_text=on_text,
+                               start=start)
+        self.messages = [*messages, {"role": "assistant", "content": [{"type": "text", "text": answer.text}]}]
+        self.images += pictures
+        self.video = video
+        return answer

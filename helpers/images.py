@@ -51,6 +51,9 @@ def _read_bytes_or_path(source: ImageSource, name: str | None) -> tuple[Union[io
         if len(source) == 0:
             raise ImageError(f"{label} is empty (0 bytes), so it holds no image.")
         return io.BytesIO(bytes(source)), label
+    if isinstance(source, str) and re.match(r"^(https?|ftp)://|^www\.", source.strip(), re.IGNORECASE):
+        raise ImageError(f"{source!r} is a web address, and images are not downloaded here: save the image to a "
+                         "file first and pass its path.")
     if isinstance(source, (str, os.PathLike)):
         path = Path(source).expanduser()
         label = repr(str(name or source))

@@ -4,18 +4,21 @@ Playground, as it appears in the page (the browser test relies on this; keep it 
 
 - a ``Button`` whose description is exactly ``"Ask"``;
 - a ``Textarea`` "Question", pre-filled with ``chat.DEFAULT_QUESTION`` so that Ask works at once;
-- a ``Dropdown`` "Image" with the photos of ``data/images`` (default ``cat``) and a ``FileUpload``; an uploaded
-  image joins the dropdown as ``upload: <file name>`` and is selected; a preview shows the chosen image;
+- a ``Dropdown`` "Image" with ``(no image)`` and the photos of ``data/images`` (default ``cat``) and a
+  ``FileUpload``; an uploaded image joins the dropdown as ``upload: <file name>`` and is selected; a preview
+  shows the chosen image;
 - ``Dropdown`` "Variant" (the IR variants on disk: ``export.existing_variants``) and "Device" (what OpenVINO
   reports, plus ``AUTO``); an ``IntSlider`` "Max new tokens";
-- an ``HTML`` widget with the CSS class ``vlm-answer``: the answer streams into it, and when it is complete
-  the same element ends with a line (class ``vlm-stats``) reading
+- an ``HTML`` widget with the CSS class ``vlm-answer``: the conversation so far, then the new answer streaming
+  in; when it is complete the same element ends with a line (class ``vlm-stats``) reading
   ``time to first token 0.12 s · 45.6 tokens/s · ...``. Each ask puts a fresh widget there;
+- a ``Button`` "Clear chat": the playground is a multi-turn chat (earlier turns go into each new prompt through
+  the chat template; an image is sent once, with the turn where it was first picked); this starts over;
 - an ``HTML`` status line with the CSS class ``vlm-status``: what is happening, or the one-sentence message
   for bad input (missing or broken image, empty question, absent device...).
 
-``Playground.ask()`` does what a click does and returns the :class:`helpers.chat.Answer` (or ``None`` after
-bad input), so a notebook can run it without anyone clicking.
+``Playground.ask()`` does what a click on Ask does and returns the :class:`helpers.chat.Answer` (or ``None``
+after bad input), so a notebook can run it without anyone clicking; ``Playground.clear()`` is the Clear button.
 """
 
 from __future__ import annotations
@@ -34,13 +37,27 @@ ANSWER_CLASS = "vlm-answer"
 STATUS_CLASS = "vlm-status"
 STATS_CLASS = "vlm-stats"
 UPLOAD_PREFIX = "upload: "
+NO_IMAGE = "(no image)"
 
 
-def _answer_html(text: str, stats: str = "", streaming: bool = False) -> str:
+def _transcript_html(messages: list[dict]) -> str:
+    """Earlier turns of a conversation, one line per turn."""
+    lines = []
+    for m in messages:
+        text = " ".join(c["text"] for c in m["content"] if c["type"] == "text")
+        images = sum(1 for c in m["content"] if c["type"] == "image")
+        who = "You" if m["role"] == "user" else "Model"
+        extra = f" [+{images} image{'s' if images > 1 else ''}]" if images else ""
+        lines.append(f"<div style='color:#555'><b>{who}:</b> {html.escape(text)}{extra}</div>")
+    return "".join(lines)
+
+
+def _answer_html(text: str, stats: str = "", streaming: bool = False, earlier: str = "") -> str:
     body = html.escape(text) + ("▌" if streaming else "")
     stats_html = (f'<div class="{STATS_CLASS}" style="color:#555;font-size:0.9em;margin-top:4px">'
                   f"{html.escape(stats)}</div>") if stats else ""
-    return (f'<div style="white-space:pre-wrap;border-left:3px solid #4a90d9;padding:4px 8px;min-height:1.4em">'
+    return (f"{earlier}"
+            f'<div style="white-space:pre-wrap;border-left:3px solid #4a90d9;padding:4px 8px;min-height:1.4em">'
             f"{body}</div>{stats_html}")
 
 
@@ -69,8 +86,10 @@ class Playground:
         self.variants = dict(export.existing_variants(choice) if variants is None else variants)
         if not self.variants:
             raise chat.ChatError(f"No exported model of {choice.slug} on disk: run notebook 01 (or export.export_fp32).")
-        self.sources: dict[str, images.ImageSource] = {p.stem: p for p in data.list_photos()}
+        self.sources: dict[str, images.ImageSource | None] = {NO_IMAGE: None, **{p.stem: p for p in data.list_photos()}}
         self._loaded: tuple[tuple[str, str], object, object] | None = None
+        self.conversation = chat.Conversation()
+        self._sent_image: str | None = None  # the image the conversation last received
 
         self.image = widgets.Dropdown(options=list(self.sources), description="Image",
                                       value=photo if photo in self.sources else next(iter(self.sources)))
@@ -85,18 +104,22 @@ class Playground:
         self.max_new_tokens = widgets.IntSlider(value=max_new_tokens, min=1, max=256, description="Max new tokens",
                                                 style={"description_width": "initial"})
         self.button = widgets.Button(description="Ask", button_style="primary", tooltip="Ask the model")
+        self.clear_button = widgets.Button(description="Clear chat", tooltip="Forget the earlier turns")
         self.status = widgets.HTML()
         self.status.add_class(STATUS_CLASS)
         self.answer = self._fresh_answer_area("")
         self.answer_box = widgets.VBox([self.answer])
 
-        note = " (stand-in model: its text is meaningless, its timings are real)" if choice.is_standin else ""
+        note = ("" if not choice.is_standin else
+                " (stand-in: real SmolLM2 language model, random vision encoder: it writes English but does not "
+                "see the image; timings real)" if choice.real_language_model else
+                " (stand-in model: its text is meaningless, its timings are real)")
         controls = widgets.VBox([
             widgets.HBox([self.image, self.upload]),
             self.question,
             widgets.HBox([self.variant, self.device]),
             self.max_new_tokens,
-            self.button,
+            widgets.HBox([self.button, self.clear_button]),
         ])
         self.widget = widgets.VBox([
             widgets.HTML(f"<b>SmolVLM playground</b> · {html.escape(choice.slug)}{html.escape(note)}"),
@@ -105,6 +128,7 @@ class Playground:
             self.answer_box,
         ])
         self.button.on_click(self._on_click)
+        self.clear_button.on_click(lambda _button: self.clear())
         self.image.observe(self._show_preview, names="value")
         self.upload.observe(self._on_upload, names="value")
         self._show_preview()
@@ -126,8 +150,9 @@ class Playground:
 
     # --- inputs --------------------------------------------------------------------------------------------
     def _show_preview(self, _change=None) -> None:
+        source = self.sources[self.image.value]
         try:
-            self.preview.value = _jpeg_bytes(images.load_image(self.sources[self.image.value]))
+            self.preview.value = _jpeg_bytes(images.load_image(source)) if source is not None else b""
         except images.ImageError as err:
             self._set_status(str(err), error=True)
 
@@ -160,7 +185,7 @@ class Playground:
             start = time.perf_counter()
             model, processor = chat.load_model(self.variants[variant], device)
             # The first run of a freshly compiled model pays one-time costs; keep them out of the timings shown.
-            chat.ask(model, processor, chat.DEFAULT_QUESTION, [self.sources[self.image.value]], max_new_tokens=2)
+            chat.ask(model, processor, chat.DEFAULT_QUESTION, [data.photo_path("cat")], max_new_tokens=2)
             self._loaded = (key, model, processor)
             self._set_status(f"Loaded and warmed up {variant} on {device} in {time.perf_counter() - start:.1f} s.")
         return self._loaded[1], self._loaded[2]
@@ -172,11 +197,14 @@ class Playground:
             self._set_status(f"Unexpected problem ({type(err).__name__}): {err}", error=True)
 
     def ask(self) -> chat.Answer | None:
-        """Answer the current question about the current image with the chosen settings (what Ask does)."""
+        """Answer the current question (about the chosen image, if it is new to the conversation) with the
+        chosen settings, as the next turn of the conversation (what Ask does)."""
         self.button.disabled = True
-        self.answer = self._fresh_answer_area(_answer_html("", streaming=True))
+        earlier = _transcript_html(self.conversation.messages)
+        self.answer = self._fresh_answer_area(_answer_html("", streaming=True, earlier=earlier))
         self.answer_box.children = (self.answer,)
-        variant, device = self.variant.value, self.device.value
+        variant, device, label = self.variant.value, self.device.value, self.image.value
+        new_image = [self.sources[label]] if self.sources[label] is not None and label != self._sent_image else []
         try:
             model, processor = self._model(variant, device)
             self._set_status(f"Generating with {variant} on {device}...")
@@ -184,19 +212,31 @@ class Playground:
 
             def show(piece: str) -> None:
                 pieces.append(piece)
-                self.answer.value = _answer_html("".join(pieces), streaming=True)
+                self.answer.value = _answer_html("".join(pieces), streaming=True, earlier=earlier)
 
-            answer = chat.ask(model, processor, self.question.value, [self.sources[self.image.value]],
-                              max_new_tokens=self.max_new_tokens.value, on_text=show)
+            answer = self.conversation.ask(model, processor, self.question.value, new_image,
+                                           max_new_tokens=self.max_new_tokens.value, on_text=show)
         except ValueError as err:  # ChatError, ImageError, an absent device: one clear sentence each
-            self.answer.value = _answer_html("")
+            self.answer.value = _answer_html("", earlier=earlier)
             self._set_status(str(err), error=True)
             return None
         finally:
             self.button.disabled = False
-        self.answer.value = _answer_html(answer.text, answer.stats_line())
-        self._set_status(f"Done: {variant} on {device}, image {self.image.value!r}.")
+        if new_image:
+            self._sent_image = label
+        self.answer.value = _answer_html(answer.text, answer.stats_line(), earlier=earlier)
+        turn = self.conversation.turns
+        self._set_status(f"Done: {variant} on {device}, image {label!r}"
+                         + (f"; turn {turn} of this chat (Clear chat starts over)." if turn > 1 else "."))
         return answer
+
+    def clear(self) -> None:
+        """Forget the conversation (what Clear chat does)."""
+        self.conversation.clear()
+        self._sent_image = None
+        self.answer = self._fresh_answer_area("")
+        self.answer_box.children = (self.answer,)
+        self._set_status("Cleared: the next question starts a new conversation.")
 
 
 def make_playground(choice: ModelChoice, **kwargs) -> Playground:

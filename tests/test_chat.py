@@ -164,12 +164,6 @@ def test_prompt_longer_than_the_model_reads(loaded):
     assert "exceeds the 8192 the model can read" in message
 
 
-def test_max_new_tokens_must_be_positive(loaded):
-    model, processor = loaded
-    assert _message(chat.ChatError, chat.ask, model, processor, QUESTION, [CAT], max_new_tokens=0) == (
-        "max_new_tokens must be at least 1, got 0.")
-
-
 # --- answers ---------------------------------------------------------------------------------------------------
 
 
@@ -314,7 +308,8 @@ def test_a_damaged_model_folder_is_named_not_loaded(tmp_path):
     from helpers import export
 
     def fake_export(folder):
-        (folder / "config.json").write_text("{}")
+        for name in export.LOAD_FILES:
+            (folder / name).write_text("{}")
         for stem in export.SUBMODELS.values():
             (folder / f"{stem}.xml").write_text("<net/>")
             (folder / f"{stem}.bin").write_bytes(b"\0" * 10)
@@ -324,3 +319,109 @@ def test_a_damaged_model_folder_is_named_not_loaded(tmp_path):
     message = _message(chat.ChatError, chat.load_model, folder)
     assert message == (f"The OpenVINO model in {folder} is damaged or stale (openvino_language_model.bin is 3 bytes "
                        "but was 10 bytes when written): delete the folder and run the notebook that made it again.")
+
+
+# --- wrong argument types and values: one sentence each ------------------------------------------------------
+
+
+@pytest.mark.parametrize("call, expected", [
+    (lambda m, p: chat.ask(m, p, QUESTION, str(CAT)),
+     f"Images go in a list, even a single one: pass ['{CAT}'] instead of '{CAT}'."),
+    (lambda m, p: chat.ask(m, p, QUESTION, CAT),
+     f"Images go in a list, even a single one: pass ['{CAT}'] instead of '{CAT}'."),
+    (lambda m, p: chat.ask(m, p, QUESTION, images.load_image(CAT)),
+     "Images go in a list, even a single one: pass [image] instead of image."),
+    (lambda m, p: chat.ask(m, p, QUESTION, {CAT}),
+     "image_list must be a list of images (file paths, bytes or PIL images), not set."),
+    (lambda m, p: chat.ask(m, p, 42, [CAT]), 'The question must be text (a str), not int: e.g. "What is in this image?".'),
+    (lambda m, p: chat.ask(m, p, QUESTION, [CAT], max_new_tokens=None),
+     "max_new_tokens must be a whole number, not None."),
+    (lambda m, p: chat.ask(m, p, QUESTION, [CAT], max_new_tokens=2.5),
+     "max_new_tokens must be a whole number, not 2.5."),
+    (lambda m, p: chat.ask(m, p, QUESTION, [CAT], max_new_tokens=0),
+     "max_new_tokens must be a whole number of at least 1, not 0."),
+    (lambda m, p: chat.ask(m, p, QUESTION, [CAT], longest_edge=-1),
+     "longest_edge must be a whole number from 16 to 2048, not -1."),
+    (lambda m, p: chat.ask(m, p, QUESTION, [CAT], longest_edge="big"),
+     "longest_edge must be a whole number, not 'big'."),
+    (lambda m, p: chat.ask(m, p, QUESTION, ["https://example.com/cat.jpg"]),
+     "'https://example.com/cat.jpg' is a web address, and images are not downloaded here: save the image to a "
+     "file first and pass its path."),
+    (lambda m, p: chat.ask(m, p, "What happens?", video=42),
+     "video must be a file path or the (frames, metadata) of images.load_video, not int."),
+])
+def test_wrong_argument_types_and_values_get_one_sentence(loaded, call, expected):
+    model, processor = loaded
+    assert _message(ValueError, call, model, processor) == expected
+
+
+# --- damaged model folders are named before OpenVINO or transformers trip on them -----------------------------
+
+
+def test_a_same_size_corrupted_graph_is_named_by_load_model(tmp_path, tiny):
+    import shutil
+
+    folder = tmp_path / "fp32"
+    shutil.copytree(tiny[1], folder)
+    xml = folder / "openvino_language_model.xml"
+    xml.write_text(xml.read_text()[:-300] + "#" * 300)  # same size: only parsing the graph finds it
+    message = _message(chat.ChatError, chat.load_model, folder)
+    assert message.startswith(f"{xml} is corrupted (not valid XML") and "delete" in message
+
+
+@pytest.mark.parametrize("damage, expected", [
+    ("export_complete.json", "export_complete.json is damaged (not a JSON record of the export)"),
+    ("preprocessor_config.json", "missing: preprocessor_config.json"),
+    ("tokenizer.json", "missing: tokenizer.json"),
+])
+def test_a_folder_missing_its_processor_or_tokenizer_or_with_an_empty_marker_is_named(tmp_path, tiny, damage,
+                                                                                       expected):
+    import shutil
+
+    folder = tmp_path / "fp32"
+    shutil.copytree(tiny[1], folder)
+    if damage == "export_complete.json":
+        (folder / damage).write_bytes(b"")  # a 0-byte marker: e.g. a copy cut short
+    else:
+        (folder / damage).unlink()
+    message = _message(chat.ChatError, chat.load_model, folder)
+    assert expected in message and str(folder) in message
+
+
+# --- conversations -------------------------------------------------------------------------------------------
+
+
+def test_a_conversation_keeps_earlier_turns_and_their_images(loaded):
+    model, processor = loaded
+    talk = chat.Conversation()
+    first = talk.ask(model, processor, QUESTION, [CAT], max_new_tokens=3)
+    second = talk.ask(model, processor, "And what colour is it?", max_new_tokens=3)
+    assert talk.turns == 2 and len(talk.images) == 1
+    assert [m["role"] for m in talk.messages] == ["user", "assistant", "user", "assistant"]
+    prompt = processor.apply_chat_template(talk.messages[:3], add_generation_prompt=True)
+    assert QUESTION in prompt and f"Assistant: {first.text}<end_of_utterance>" in prompt
+    assert second.tiles == first.tiles and second.prompt_tokens > first.prompt_tokens  # the photo is read again
+    talk.clear()
+    assert talk.turns == 0 and not talk.images
+    assert "not both" in _message(chat.ChatError, chat.Conversation.ask, _with_image(model, processor), model,
+                                  processor, "What happens?", video=data.video_path())
+
+
+def _with_image(model, processor) -> chat.Conversation:
+    talk = chat.Conversation()
+    talk.ask(model, processor, QUESTION, [CAT], max_new_tokens=1)
+    return talk
+
+
+def test_the_playground_is_a_multi_turn_chat_with_a_clear_button(pg):
+    first = pg.ask()
+    pg.question.value = "Tell me more."
+    second = pg.ask()
+    assert pg.conversation.turns == 2 and len(pg.conversation.images) == 1  # the photo is sent once
+    assert chat.DEFAULT_QUESTION in pg.answer.value and "turn 2" in pg.status.value
+    assert second.tiles == first.tiles
+    pg.clear_button.click()
+    assert pg.conversation.turns == 0 and "Cleared" in pg.status.value
+    pg.image.value = playground.NO_IMAGE
+    text_only = pg.ask()
+    assert text_only.tiles == 0 and text_only.image_tokens == 0 and not pg.conversation.images
