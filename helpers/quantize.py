@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from helpers import data, export
+from helpers import data, export, images
 from helpers.models import ModelChoice
 
 RECIPE_FILE = "quantization.json"
@@ -274,26 +274,27 @@ def plot_sizes(table, title: str = "IR size on disk per variant"):
 
 
 def answers_side_by_side(
-    folders: dict[str, Path], photo: str = "astronaut", question: str = "Describe this image briefly.",
+    folders: dict[str, Path], photo: str | None = "astronaut", question: str = "Describe this image briefly.",
     max_new_tokens: int = 20,
 ):
-    """Ask every variant the same question about the same photo (greedy, ``max_new_tokens``).
+    """Ask every variant the same question about the same photo (``photo=None``: a text-only question), greedy,
+    at most ``max_new_tokens``.
 
     Returns one row per variant: the answer and how many of its first tokens match the first variant's.
     """
     import pandas as pd
     from optimum.intel import OVModelForVisualCausalLM
-    from PIL import Image
     from transformers import AutoProcessor
 
-    image = Image.open(data.photo_path(photo)).convert("RGB")
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    pictures = [images.load_image(data.photo_path(photo))] if photo else []
+    content = [{"type": "image"}] * len(pictures) + [{"type": "text", "text": question}]
+    messages = [{"role": "user", "content": content}]
     rows, reference = [], None
     for variant, folder in folders.items():
         processor = AutoProcessor.from_pretrained(folder)
         model = OVModelForVisualCausalLM.from_pretrained(folder, device="CPU")
         inputs = processor(text=processor.apply_chat_template(messages, add_generation_prompt=True),
-                           images=[image], return_tensors="pt")
+                           images=pictures or None, return_tensors="pt")
         output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         tokens = output[0, inputs["input_ids"].shape[1]:].tolist()
         reference = tokens if reference is None else reference

@@ -149,10 +149,26 @@ def test_score_flags_variants_below_the_floor(embedder, samples):
             ("a cat on a blanket", "orange", "a camera")]
     far = [quality.Answer([2], t, scores={"token_agreement": 0.2, "kl_mean": 2.0}) for t in
            ("rocket launch", "zebra stripes", "deep ocean")]
-    scores = quality.score({"ref": ref, "near": near, "far": far}, samples, "ref", embedder, real_weights=False)
+    scores = quality.score({"ref": ref, "near": near, "far": far}, samples, "ref", embedder, real_vision=False,
+                           real_language_model=False)
     assert scores["ref"]["reference"] and scores["ref"]["kl_mean"] == 0.0 and scores["ref"]["token_agreement"] == 1.0
     assert not scores["near"]["below_floor"] and scores["near"]["similarity"] == pytest.approx(1.0, abs=1e-4)
     assert scores["far"]["below_floor"] and scores["far"]["similarity"] < quality.SIMILARITY_FLOOR
     assert scores["far"]["kl_mean"] == 2.0 and scores["far"]["accuracy"] is None
-    real = quality.score({"ref": ref, "near": near}, samples, "ref", embedder, real_weights=True)
+    real = quality.score({"ref": ref, "near": near}, samples, "ref", embedder, real_vision=True,
+                         real_language_model=True)
     assert real["near"]["accuracy"] == pytest.approx(1 / 3)  # only the third answer ("a camera") is what its question expects
+
+
+def test_text_questions_are_scored_apart_from_photo_questions(embedder, samples):
+    text = [quality.Sample("", "What is the capital of France?", "Paris", inputs=None),
+            quality.Sample("", "What colour is the sky on a clear day?", "blue", inputs=None)]
+    both = samples[:1] + text
+    assert [s.kind for s in both] == ["photo", "text", "text"]
+    ref = [quality.Answer([1], t) for t in ("orange", "The capital of France is Paris.", "It is green.")]
+    scores = quality.score({"ref": ref}, both, "ref", embedder, real_vision=False, real_language_model=True)
+    row = scores["ref"]
+    assert row["accuracy"] is None and row["photo_questions"] == 1  # a random vision encoder: not scored
+    assert row["text_accuracy"] == pytest.approx(1 / 2) and row["text_questions"] == 2
+    random = quality.score({"ref": ref}, both, "ref", embedder, real_vision=False, real_language_model=False)
+    assert random["ref"]["text_accuracy"] is None
