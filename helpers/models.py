@@ -40,6 +40,13 @@ class ModelChoice:
     reason: str = ""
 
     @property
+    def standin_name(self) -> str | None:
+        """The stand-in's own name (also for an IR or a copy of one in another folder: its marker carries it)."""
+        if not self.is_standin:
+            return None
+        return self.slug if self.slug in synthetic.SPECS else (synthetic.read_marker(Path(self.source)) or {}).get("name")
+
+    @property
     def real_vision(self) -> bool:
         """True when the vision encoder has real weights (only the real model: every stand-in's is random)."""
         return not self.is_standin
@@ -47,7 +54,7 @@ class ModelChoice:
     @property
     def real_language_model(self) -> bool:
         """True when the language model has real weights: the real model, or a stand-in built with them."""
-        spec = synthetic.SPECS.get(self.slug)
+        spec = synthetic.SPECS.get(self.standin_name)
         return not self.is_standin or bool(spec and spec.real_language_model)
 
 
@@ -159,8 +166,7 @@ class Banner:
         c = self.choice
         if not c.is_standin:
             return f"Model: {c.requested} (real weights), loaded from {c.source}."
-        # a stand-in's own name; an IR or a copy in another folder still carries it in its marker
-        name = c.slug if c.slug in synthetic.SPECS else (synthetic.read_marker(Path(c.source)) or {}).get("name")
+        name = c.standin_name
         spec = synthetic.SPECS.get(name)
         lines = []
         if c.fell_back:
