@@ -298,23 +298,14 @@ def stream_answer(
     )
 
 
-def ask(
-    model,
-    processor,
-    question: str,
-    image_list: Sequence[images.ImageSource] = (),
-    video=None,
-    *,
-    max_new_tokens: int = 64,
-    longest_edge: int | None = None,
-    on_text: Callable[[str], None] | None = None,
-) -> Answer:
+def ask(model, processor, question: str, image_list: Sequence[images.ImageSource] = (), video=None,
+        **options) -> Answer:
     """Ask ``question`` about ``image_list`` (or a ``video``) and stream the answer; checks every input first.
 
-    One turn, no memory: :class:`Conversation` keeps earlier turns.
+    One turn, no memory (:class:`Conversation` keeps earlier turns); ``options`` as for :meth:`Conversation.ask`
+    (``max_new_tokens``, ``longest_edge``, ``on_text``).
     """
-    return Conversation().ask(model, processor, question, image_list, video, max_new_tokens=max_new_tokens,
-                              longest_edge=longest_edge, on_text=on_text)
+    return Conversation().ask(model, processor, question, image_list, video, **options)
 
 
 class Conversation:

@@ -128,10 +128,8 @@ def test_not_enough_disk_is_said_before_writing(tmp_path, monkeypatch):
     assert not (tmp_path / "fp32").exists() and not (tmp_path / "fp32.partial").exists()
 
 
-def test_killing_an_export_midway_then_rerunning_rebuilds_it(tmp_path, tiny_standin):
-    env = dict(os.environ, VLM_MODEL="synthetic-tiny", VLM_MODELS_DIR=str(tmp_path))
-    code = "from helpers import export, models; export.export_fp32(models.resolve_model())"
-    partial = tmp_path / "synthetic-tiny" / "fp32.partial"
+def _kill_midway(code: str, env: dict, partial) -> None:
+    """Run ``code`` in a new process and kill it (SIGKILL) a second after ``partial`` appears."""
     victim = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -141,6 +139,13 @@ def test_killing_an_export_midway_then_rerunning_rebuilds_it(tmp_path, tiny_stan
     assert victim.poll() is None, "the export finished before it could be killed"
     os.killpg(victim.pid, signal.SIGKILL)
     victim.wait()
+
+
+def test_killing_an_export_midway_then_rerunning_rebuilds_it(tmp_path, tiny_standin):
+    env = dict(os.environ, VLM_MODEL="synthetic-tiny", VLM_MODELS_DIR=str(tmp_path))
+    code = "from helpers import export, models; export.export_fp32(models.resolve_model())"
+    partial = tmp_path / "synthetic-tiny" / "fp32.partial"
+    _kill_midway(code, env, partial)
     assert partial.exists() and not (tmp_path / "synthetic-tiny" / "fp32").exists()
 
     rerun = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
@@ -169,3 +174,16 @@ OVModelForVisualCausalLM.from_pretrained(str(folder))
     assert "Failed to build model wrapper" not in export_output
     for alarming in ("error", "errno", "traceback", "could not", "failed", "exception", "takes 2 positional"):
         assert alarming not in load_output.lower(), load_output
+
+
+@pytest.mark.slow
+def test_killing_a_forced_rebuild_keeps_the_old_copy(tmp_path, tiny_standin):
+    env = dict(os.environ, VLM_MODEL="synthetic-tiny", VLM_MODELS_DIR=str(tmp_path))
+    code = "from helpers import export, models; export.export_fp32(models.resolve_model(), force=True)"
+    folder = tmp_path / "synthetic-tiny" / "fp32"
+    first = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0 and export.is_complete(folder), first.stdout + first.stderr
+    written = export.read_marker(folder)
+    _kill_midway(code, env, folder.parent / "fp32.partial")
+    assert export.is_complete(folder) and export.read_marker(folder) == written  # the old copy, untouched
+    assert export.check_ir(folder) == folder
