@@ -22,7 +22,7 @@ def test_prefetch_then_run_offline(monkeypatch, tmp_path, tiny_standin):
 
     def fake_hub_download(repo_id, local_dir):
         fetched.append(repo_id)
-        shutil.copytree(tiny_standin, local_dir)
+        shutil.copytree(tiny_standin, local_dir, dirs_exist_ok=True)  # like the Hub's, into an existing folder
         return str(local_dir)
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_hub_download)
