@@ -76,6 +76,14 @@ def execute_notebook(path: Path, out_dir: Path) -> dict:
     return record
 
 
+def _read_summary(path: Path) -> dict:
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     notebooks = sorted((REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -93,10 +101,16 @@ def main(argv: list[str] | None = None) -> int:
               f"{'; fell back because ' + choice.reason if choice.fell_back else ''})")
     summary = {"model": choice.requested, "resolved": choice.slug, "stand_in": choice.is_standin,
                "fell_back": choice.fell_back, "notebooks": []}
-    status = 0
+    # `make run NOTEBOOKS=04` after a full run keeps the other notebooks' records of the same model
+    earlier = _read_summary(out_dir / "run_summary.json")
+    kept = earlier.get("notebooks", []) if earlier.get("resolved") == choice.slug else []
+    status, done = 0, []
     for nb in notebooks:
         record = execute_notebook(nb, out_dir)
-        summary["notebooks"].append(record)
+        done.append(record)
+        ran = {r["notebook"] for r in done}
+        summary["notebooks"] = sorted([r for r in kept if r.get("notebook") not in ran] + done,
+                                      key=lambda r: r["notebook"])
         print(f"  {nb.name}: {record['status']} in {record['seconds']} s, peak memory {record['peak_memory_MB']} MB (PSS)")
         (out_dir / "run_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if record["status"] != "ok":
