@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from helpers.models import ModelUnavailableError, resolve_model
+from helpers.models import ModelUnavailableError, resolve_model, show_banner
 from helpers.paths import REPO_ROOT, runs_dir
 
 
@@ -97,8 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = runs_dir()
     print(f"Running {len(notebooks)} notebooks with model {choice.slug!r} into {out_dir}")
     if choice.is_standin:
-        print(f"(stand-in: random weights, its text is meaningless, its timings are real"
-              f"{'; fell back because ' + choice.reason if choice.fell_back else ''})")
+        print(show_banner(choice).text)
     summary = {"model": choice.requested, "resolved": choice.slug, "stand_in": choice.is_standin,
                "fell_back": choice.fell_back, "notebooks": []}
     # `make run NOTEBOOKS=04` after a full run keeps the other notebooks' records of the same model
