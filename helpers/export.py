@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from helpers import atomic
+from helpers import atomic, quiet
 from helpers.models import ModelChoice
 from helpers.paths import models_dir
 
@@ -183,7 +183,8 @@ def _versions() -> dict[str, str]:
 def run_cli(command: list[str], dest: Path, *, force: bool = False, needed_bytes: int | None = None) -> Path:
     """Run an ``optimum-cli export openvino ...`` command with a temporary output folder, then move it into place.
 
-    The command's own output streams into the notebook (PyTorch tracer warnings are left out: they are expected).
+    The command's own output streams into the notebook (PyTorch tracer warnings and the harmless messages of
+    :mod:`helpers.quiet` are left out: they are expected).
     """
 
     def build(tmp: Path) -> None:
@@ -193,7 +194,7 @@ def run_cli(command: list[str], dest: Path, *, force: bool = False, needed_bytes
         skip_next = False
         assert process.stdout is not None
         for line in process.stdout:
-            if "TracerWarning" in line or "No CUDA runtime" in line:
+            if "TracerWarning" in line or "No CUDA runtime" in line or quiet.is_known_noise(line):
                 skip_next = "TracerWarning" in line
                 continue
             if skip_next and line.startswith("  "):

@@ -1,7 +1,8 @@
 """Silence library messages that look like failures but are harmless, at the logger that emits them.
 
 Only exact, known messages are dropped; everything else a library logs still shows. Installed when ``helpers``
-is imported, so the notebooks' own library calls are covered too.
+is imported, so the notebooks' own library calls are covered too; :func:`is_known_noise` lets
+:func:`helpers.export.run_cli` drop the same lines from a command's output.
 
 - optimum-intel 2.2.0, ``OVBaseModel.from_pretrained`` under ``HF_HUB_OFFLINE=1`` (or with
   ``local_files_only``): it looks for the model in the Hub cache even when it is given a local folder, fails
@@ -22,6 +23,11 @@ KNOWN_NOISE = (
     ("optimum.intel.openvino.modeling_base", "Could not infer whether the model was already converted"),
     ("openvino.frontend.pytorch.utils", "Failed to build model wrapper"),
 )
+
+
+def is_known_noise(text: str) -> bool:
+    """True when ``text`` (a log record's message, or a line a library printed) is one of the known messages."""
+    return any(text.strip().startswith(prefix) for _, prefix in KNOWN_NOISE)
 
 
 class _DropKnownNoise(logging.Filter):

@@ -187,3 +187,18 @@ def test_killing_a_forced_rebuild_keeps_the_old_copy(tmp_path, tiny_standin):
     _kill_midway(code, env, folder.parent / "fp32.partial")
     assert export.is_complete(folder) and export.read_marker(folder) == written  # the old copy, untouched
     assert export.check_ir(folder) == folder
+
+
+def test_run_cli_streams_the_command_output_without_the_known_noise(tmp_path, capsys):
+    script = (
+        "import sys, pathlib\n"
+        "out = pathlib.Path(sys.argv[1])\n"
+        f"for name in {list(export.LOAD_FILES)!r}: (out / name).write_text('{{}}')\n"
+        f"for stem in {list(export.SUBMODELS.values())!r}:\n"
+        "    (out / (stem + '.xml')).write_text('<net/>'); (out / (stem + '.bin')).write_bytes(b'0')\n"
+        "print('Failed to build model wrapper.'); print('Exporting the language model')\n"
+    )
+    export.run_cli([sys.executable, "-c", script], tmp_path / "fp32-cli")
+    out = capsys.readouterr().out
+    assert "Exporting the language model" in out and "Failed to build model wrapper" not in out
+    assert export.is_complete(tmp_path / "fp32-cli")
