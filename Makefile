@@ -17,11 +17,30 @@ $(STAMP): requirements.txt requirements-no-deps.txt pyproject.toml
 	$(PY) -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
 	@touch $@
 
+# llama.cpp, the peer that notebook 04 is to measure beside OpenVINO (helpers/llamacpp.py; `make test` builds and
+# tests it). llama-cpp-python is a source package: built once per .venv (about 5-8 minutes on 2 cores) from its
+# source archive, which also carries llama.cpp's GGUF converter (helpers/llamacpp.py unpacks it from there).
+# GGML_NATIVE=OFF builds for any x86-64 CPU with AVX2 instead of tuning to this one; --no-cache-dir never reuses
+# a wheel pip cached from another build.
+LLAMA_CPP_VERSION := 0.3.36
+LLAMA_SDIST := $(or $(VLM_CACHE),cache)/llama.cpp/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz
+LLAMA_STAMP := $(VENV)/.llama-cpp-$(LLAMA_CPP_VERSION)
+
+$(LLAMA_SDIST):
+	$(PY) -m pip download --disable-pip-version-check -q --no-binary :all: --no-deps \
+		llama-cpp-python==$(LLAMA_CPP_VERSION) -d $(dir $@)
+
+$(LLAMA_STAMP): | $(STAMP) $(LLAMA_SDIST)
+	@echo "Building llama-cpp-python $(LLAMA_CPP_VERSION) from source, once for this .venv (about 5-8 minutes on 2 cores)..."
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 $(PY) -m pip install --disable-pip-version-check -q \
+		--no-cache-dir $(LLAMA_SDIST)
+	@touch $@
+
 run: $(STAMP)
 	$(PY) -m helpers.run_series $(NOTEBOOKS)
 
 # Tests never touch the network (HF_HUB_OFFLINE=1) and use the tiny stand-in and quick benchmarks.
-test: $(STAMP) chromium
+test: $(STAMP) $(LLAMA_STAMP) chromium
 	HF_HUB_OFFLINE=1 VLM_MODEL=synthetic-tiny VLM_QUICK=1 $(PY) -m pytest --nbval-lax --nbval-cell-timeout=1800 -p no:cacheprovider $(PYTEST_ARGS)
 
 prefetch: $(STAMP)
