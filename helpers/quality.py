@@ -40,11 +40,7 @@ class Sample:
     question: str
     answer: str
     inputs: Any
-
-    @property
-    def kind(self) -> str:
-        """``"photo"`` (a question about a photo, data/eval.jsonl) or ``"text"`` (data/text_questions.jsonl)."""
-        return "photo" if self.photo else "text"
+    kind: str = "photo"  # "photo" (a question about a photo, data/eval.jsonl) or "text" (data/text_questions.jsonl)
 
 
 def _first(rows, n: int | None):
@@ -60,7 +56,8 @@ def text_samples(processor, n: int | None = None) -> list[Sample]:
     samples = []
     for row in _first(data.load_text_questions(), n):
         prompt = bench.chat_prompt(processor, row["question"], with_image=False)
-        samples.append(Sample("", row["question"], row["answer"], processor(text=prompt, return_tensors="pt")))
+        samples.append(Sample("", row["question"], row["answer"], processor(text=prompt, return_tensors="pt"),
+                              kind="text"))
     return samples
 
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from helpers import quality
+from helpers import data, quality
 from helpers.models import resolve_model
 
 
@@ -161,8 +161,8 @@ def test_score_flags_variants_below_the_floor(embedder, samples):
 
 
 def test_text_questions_are_scored_apart_from_photo_questions(embedder, samples):
-    text = [quality.Sample("", "What is the capital of France?", "Paris", inputs=None),
-            quality.Sample("", "What colour is the sky on a clear day?", "blue", inputs=None)]
+    text = [quality.Sample("", "What is the capital of France?", "Paris", inputs=None, kind="text"),
+            quality.Sample("", "What colour is the sky on a clear day?", "blue", inputs=None, kind="text")]
     both = samples[:1] + text
     assert [s.kind for s in both] == ["photo", "text", "text"]
     ref = [quality.Answer([1], t) for t in ("orange", "The capital of France is Paris.", "It is green.")]
@@ -172,3 +172,9 @@ def test_text_questions_are_scored_apart_from_photo_questions(embedder, samples)
     assert row["text_accuracy"] == pytest.approx(1 / 2) and row["text_questions"] == 2
     random = quality.score({"ref": ref}, both, "ref", embedder, real_vision=False, real_language_model=False)
     assert random["ref"]["text_accuracy"] is None
+
+
+def test_every_photo_question_counts_as_one(processor):
+    samples = quality.eval_samples(processor) + quality.text_samples(processor)
+    assert sum(s.kind == "photo" for s in samples) == len(data.load_eval_set())
+    assert sum(s.kind == "text" for s in samples) == len(data.load_text_questions())
