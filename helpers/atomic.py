@@ -19,6 +19,7 @@ Written by hand for the renames: ``filelock`` gives the lock, no library we inst
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -155,6 +156,15 @@ def partial_folder(dest: Path) -> Iterator[Path]:
             raise problem from None
         raise
     publish(tmp, dest)
+
+
+def read_record(path: Path) -> dict | None:
+    """The JSON object in ``path`` (a folder's completion marker), or ``None`` when it is missing or damaged."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def check_free_space(folder: Path, needed_bytes: int | None) -> None:

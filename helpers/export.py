@@ -52,11 +52,7 @@ def missing_files(folder: Path) -> list[str]:
 
 def read_marker(folder: Path) -> dict | None:
     """The completion marker of ``folder`` (versions, file sizes), or ``None`` when it is absent or damaged."""
-    try:
-        marker = json.loads((Path(folder) / COMPLETE_MARKER).read_text())
-    except (OSError, ValueError):
-        return None
-    return marker if isinstance(marker, dict) else None
+    return atomic.read_record(Path(folder) / COMPLETE_MARKER)
 
 
 def problems(folder: Path) -> list[str]:

@@ -187,11 +187,7 @@ def quantize(source: Path, dest: Path, lm_type: str = "q4_0", threads: int | Non
 
 def read_marker(folder: Path) -> dict | None:
     """The completion record of a GGUF folder (versions, seconds per file, file sizes), or ``None``."""
-    try:
-        marker = json.loads((Path(folder) / MARKER).read_text())
-    except (OSError, ValueError):
-        return None
-    return marker if isinstance(marker, dict) else None
+    return atomic.read_record(Path(folder) / MARKER)
 
 
 def problems(folder: Path) -> list[str]:

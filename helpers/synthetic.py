@@ -342,21 +342,13 @@ def _write_standin(name: str, tmp: Path, seed: int) -> None:
     (tmp / STANDIN_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def read_marker(folder: Path) -> dict | None:
     """The stand-in marker of a model folder (a built stand-in or an IR made from one), or ``None`` (also when
     the file is damaged: :func:`problems` says so)."""
     path = Path(folder) / STANDIN_MARKER
     if path.is_file():
-        return _read_json(path)
-    config = _read_json(Path(folder) / "config.json")
+        return atomic.read_record(path)
+    config = atomic.read_record(Path(folder) / "config.json")
     return config.get("standin") if config else None
 
 
@@ -366,7 +358,7 @@ def problems(folder: Path) -> list[str]:
     folder = Path(folder)
     if not folder.is_dir():
         return ["not built yet"]
-    marker = _read_json(folder / STANDIN_MARKER)
+    marker = atomic.read_record(folder / STANDIN_MARKER)
     if marker is None:
         return [f"{STANDIN_MARKER} is missing or damaged"]
     if marker.get("version") != STANDIN_VERSION:
