@@ -248,7 +248,8 @@ def answers_table(answers: dict[str, list[Answer]], samples: list[Sample], limit
 
     rows = []
     for i, sample in [(i, s) for i, s in enumerate(samples) if kind in (None, s.kind)][:limit]:
-        row = {"photo": sample.photo or "(text only)", "question": sample.question, "expected": sample.answer}
+        row = {"photo": "(text only)" if sample.kind == "text" else sample.photo, "question": sample.question,
+               "expected": sample.answer}
         row.update({key: outs[i].text for key, outs in answers.items()})
         rows.append(row)
     return pd.DataFrame(rows)
