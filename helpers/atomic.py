@@ -7,9 +7,9 @@ Two notebooks open at once, or ``make run`` while JupyterLab is open, may ask fo
   releases the lock when its process dies, so a killed build never blocks the next one.
 - :func:`partial_folder` gives the build an empty ``<name>.partial`` folder (removed again if the build fails).
   Only the lock holder calls it, so a ``.partial`` it finds is a leftover of a process that died, never a live
-  build. When the build is done, :func:`publish` moves the finished folder into place. An existing folder (a rebuild with ``force=True``)
-  is kept as ``<name>.old`` until the new one is in place, so a kill at any moment leaves a usable copy;
-  :func:`recover` puts it back if a process died between the two renames.
+  build. When the build is done, :func:`publish` moves the finished folder into place. An existing folder (a
+  rebuild with ``force=True``) is kept as ``<name>.old`` until the new one is in place, so a kill at any moment
+  leaves a usable copy; :func:`recover` puts it back if a process died between the two renames.
 - Errors of the disk (read-only, full, no permission) become one sentence naming the folder and the setting
   that moves it (:class:`NotWritableError`, :class:`InsufficientDiskSpaceError`).
 
