@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from helpers import data, export, images
+from helpers import chat, data, export, images
 from helpers.models import ModelChoice
 
 RECIPE_FILE = "quantization.json"
@@ -287,8 +287,7 @@ def answers_side_by_side(
     from transformers import AutoProcessor
 
     pictures = [images.load_image(data.photo_path(photo))] if photo else []
-    content = [{"type": "image"}] * len(pictures) + [{"type": "text", "text": question}]
-    messages = [{"role": "user", "content": content}]
+    messages = chat.user_message(question, n_images=len(pictures))
     rows, reference = [], None
     for variant, folder in folders.items():
         processor = AutoProcessor.from_pretrained(folder)

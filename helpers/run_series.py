@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+from helpers import atomic
 from helpers.models import ModelUnavailableError, resolve_model, show_banner
 from helpers.paths import REPO_ROOT, runs_dir
 
@@ -76,14 +77,6 @@ def execute_notebook(path: Path, out_dir: Path) -> dict:
     return record
 
 
-def _read_summary(path: Path) -> dict:
-    try:
-        summary = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return summary if isinstance(summary, dict) else {}
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     notebooks = sorted((REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -101,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"model": choice.requested, "resolved": choice.slug, "stand_in": choice.is_standin,
                "fell_back": choice.fell_back, "notebooks": []}
     # `make run NOTEBOOKS=04` after a full run keeps the other notebooks' records of the same model
-    earlier = _read_summary(out_dir / "run_summary.json")
+    earlier = atomic.read_record(out_dir / "run_summary.json") or {}
     kept = earlier.get("notebooks", []) if earlier.get("resolved") == choice.slug else []
     status, done = 0, []
     for nb in notebooks:
