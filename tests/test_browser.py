@@ -29,13 +29,15 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 
 pytestmark = pytest.mark.browser
 
-# In the page: "answer" once a playground answer with its timing line is shown, the error text once a cell
-# has failed (JupyterLab then stops "Run All"), otherwise false (keep waiting).
-ANSWER_OR_ERROR = """() => {
+# In the page: "answer" once a playground answer with its timing line is shown below at least `earlier` earlier
+# questions of the chat (so a finished first turn is not taken for the follow-up the same cell asks next), the
+# error text once a cell has failed (JupyterLab then stops "Run All"), otherwise false (keep waiting).
+ANSWER_OR_ERROR = """(earlier) => {
     const failed = document.querySelector("[data-mime-type='application/vnd.jupyter.error']");
     if (failed) return "error: " + failed.innerText.slice(-1500);
     const answers = [...document.querySelectorAll('.vlm-answer')];
-    return answers.some(e => e.innerText.includes('tokens/s')) ? "answer" : false;
+    const asked = e => (e.innerText.match(/^You:/gm) || []).length;
+    return answers.some(e => e.innerText.includes('tokens/s') && asked(e) >= earlier) ? "answer" : false;
 }"""
 
 
@@ -110,9 +112,9 @@ def test_notebook_03_playground_answers_in_a_real_browser(jupyterlab, tmp_path):
                 pass
             page.get_by_role("menuitem", name="Run", exact=True).click()
             page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
-            # The notebook asks the playground once itself; wait for that answer with its timing line,
-            # or fail at once with the error of the first cell that failed.
-            outcome = page.wait_for_function(ANSWER_OR_ERROR, timeout=900_000).json_value()
+            # The notebook asks the playground a question and a follow-up itself; wait for the follow-up's
+            # answer with its timing line, or fail at once with the error of the first cell that failed.
+            outcome = page.wait_for_function(ANSWER_OR_ERROR, arg=1, timeout=900_000).json_value()
             assert outcome == "answer", f"notebook 03 failed in the browser: {outcome}"
             answer = page.locator(".vlm-answer").first
             assert "time to first token" in answer.inner_text()
@@ -121,11 +123,11 @@ def test_notebook_03_playground_answers_in_a_real_browser(jupyterlab, tmp_path):
             ask = page.locator("button", has_text="Ask").first
             ask.scroll_into_view_if_needed()
             ask.click()
-            outcome = page.wait_for_function(ANSWER_OR_ERROR, timeout=300_000).json_value()
+            outcome = page.wait_for_function(ANSWER_OR_ERROR, arg=2, timeout=300_000).json_value()
             assert outcome == "answer", f"the playground failed after a click on Ask: {outcome}"
             answer.scroll_into_view_if_needed()
             assert page.locator(".vlm-status").count() >= 1
-            assert page.evaluate(ANSWER_OR_ERROR) == "answer"
+            assert page.evaluate(ANSWER_OR_ERROR, 2) == "answer"
         finally:
             page.screenshot(path=str(ARTIFACTS / "browser-03-playground.png"), full_page=False)
             browser.close()
