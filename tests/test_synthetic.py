@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -80,7 +81,7 @@ def test_256m_has_the_real_architecture():
 def test_tiny_is_small_and_the_build_is_deterministic(tmp_path, tiny_standin):
     marker = synthetic.read_marker(tiny_standin)
     assert marker["name"] == "synthetic-tiny"
-    assert 100_000 < marker["parameters"] < 1_000_000
+    assert 6_000_000 < marker["parameters"] < 7_000_000  # 2 x 49,280 x 64 of it: the embedding and output head
     again = synthetic.build_standin("synthetic-tiny", tmp_path / "again")
     for name in ("model.safetensors", "tokenizer.json", "config.json"):
         first = hashlib.sha256((tiny_standin / name).read_bytes()).hexdigest()
@@ -111,3 +112,20 @@ def test_a_damaged_standin_cache_is_named_and_rebuilt(tmp_path, monkeypatch, tin
     assert synthetic.problems(folder) == []
     assert (folder / "model.safetensors").read_bytes() == (tiny_standin / "model.safetensors").read_bytes()
     assert synthetic.read_marker(folder)["file_sizes"] == synthetic.read_marker(tiny_standin)["file_sizes"]
+
+
+def test_an_ir_from_an_earlier_standin_build_is_stale(tmp_path):
+    import json
+
+    def ir(standin: dict) -> Path:
+        folder = tmp_path / str(len(list(tmp_path.iterdir())))
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"model_type": "smolvlm", "standin": standin}))
+        return folder
+
+    old_tiny = ir({"name": "synthetic-tiny", "note": "an IR exported before version 3"})
+    assert synthetic.stale_source(old_tiny) == ("made from an earlier build of the stand-in synthetic-tiny "
+                                                "(version 2, now 3)")
+    assert synthetic.stale_source(ir({"name": "synthetic-tiny", "note": "", "version": 3})) is None
+    assert synthetic.stale_source(ir({"name": "smollm2-256m", "note": ""})) is None  # unchanged since version 2
+    assert synthetic.stale_source(tmp_path) is None  # not an export of a stand-in
