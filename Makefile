@@ -17,8 +17,8 @@ $(STAMP): requirements.txt requirements-no-deps.txt pyproject.toml
 	$(PY) -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
 	@touch $@
 
-# llama.cpp, the peer that notebook 04 is to measure beside OpenVINO (helpers/llamacpp.py; `make test` builds and
-# tests it). llama-cpp-python is a source package: built once per .venv (about 5-8 minutes on 2 cores) from its
+# llama.cpp, the peer that notebook 04 measures beside OpenVINO (helpers/llamacpp.py; `make run` and `make test`
+# build it). llama-cpp-python is a source package: built once per .venv (about 5-8 minutes on 2 cores) from its
 # source archive, which also carries llama.cpp's GGUF converter (helpers/llamacpp.py unpacks it from there).
 # GGML_NATIVE=OFF builds for any x86-64 CPU with AVX2 instead of tuning to this one; --no-cache-dir never reuses
 # a wheel pip cached from another build.
@@ -36,7 +36,7 @@ $(LLAMA_STAMP): | $(STAMP) $(LLAMA_SDIST)
 		--no-cache-dir $(LLAMA_SDIST)
 	@touch $@
 
-run: $(STAMP)
+run: $(STAMP) $(LLAMA_STAMP)
 	$(PY) -m helpers.run_series $(NOTEBOOKS)
 
 # Tests never touch the network (HF_HUB_OFFLINE=1) and use the tiny stand-in and quick benchmarks.

@@ -67,10 +67,14 @@ RESULT_FIELDS = {
     "over an array 4x the last-level cache, at least 1 GB; best of several runs)",
     "versions": "Python and package versions",
     "model": "the model: requested name, slug, stand_in (true: random weights, timings real, text meaningless)",
-    "workloads.<w>": "each workload: photo, question, new_tokens, prompt_tokens (text + image tokens), "
-    "image_tiles (512x512 tiles the processor made), preprocess_s (processor time, same for all variants)",
-    "variants.<v>.label / backend / precision / threads": "what ran: PyTorch or OpenVINO, weights, the precision "
-    "the runtime computes in (an FP32 IR runs in bf16 on CPUs with bf16 instructions unless told f32), threads",
+    "workloads.<w>": "each workload: photo (null: text only), question, new_tokens, prompt_tokens (text + image "
+    "tokens), image_tiles (512x512 tiles the processor made), preprocess_s (processor time, same for all variants)",
+    "variants.<v>.label / backend / precision / threads": "what ran: PyTorch, OpenVINO or llama.cpp, weights, the "
+    "precision the runtime computes in (an FP32 IR runs in bf16 on CPUs with bf16 instructions unless told f32; "
+    "for llama.cpp the GGUF type of the language model: f16, q8_0, q4_0), threads",
+    "variants.<v>.gguf_size_MB / mmproj_size_MB / llama_cpp_python": "llama.cpp only: size on disk of the GGUF "
+    "language model and of the vision projector (F16), and the llama-cpp-python version; its "
+    "workloads.<w>.facts hold llama.cpp's own image_tiles, image_tokens and prompt_tokens",
     "variants.<v>.load_compile_s": "seconds from from_pretrained to a model ready to generate (OpenVINO: "
     "reading and compiling the IR; PyTorch: loading the checkpoint)",
     "variants.<v>.peak_rss_MB / rss_before_MB": "peak resident memory of the process while loading and "
@@ -88,6 +92,9 @@ RESULT_FIELDS = {
     "comparison": "speed-ups (TTFT: slower/faster; decode: faster/slower) of OpenVINO FP32 over PyTorch FP32 and "
     "BF16, and of INT8 and INT4 over the FP32 IR; rows: comparison, figure, source (blog workload; null where "
     "the source had no such pair), ours (blog), ours (photo)",
+    "peer_comparison": "OpenVINO against llama.cpp per workload: pairs at the same bits per weight (FP32 IR and "
+    "F16, INT8 and Q8_0, INT4 and Q4_0), then the fastest of each; both runtimes' TTFT and decode medians and "
+    "OpenVINO's speed-ups (above 1: OpenVINO is faster)",
     "scaling.tiles": "per variant: TTFT (median, s) for one photo scaled to longest_edge 512/1024/1536/2048 px "
     "(rows: longest_edge, image_tiles, image_tokens, prompt_tokens, ttft_s)",
     "scaling.context": "per variant: TPOT and TTFT (medians, s) of text-only prompts of context_tokens tokens "
@@ -145,10 +152,10 @@ def plan(quick: bool | None = None) -> Plan:
     (``make run``; about 20 minutes for notebook 04 with the 256M model on 2 cores, most of it PyTorch)."""
     quick = quick_mode() if quick is None else quick
     if quick:
-        return Plan(warmup=1, iterations={"blog": 2, "photo": 2}, tile_edges=(512, 1024), context_lengths=(64, 256),
+        return Plan(warmup=1, iterations={"blog": 2, "photo": 2, "text": 2}, tile_edges=(512, 1024), context_lengths=(64, 256),
                     thread_counts=thread_counts(), sweep_iterations=1, eval_samples=3, text_samples=3,
                     eval_new_tokens=8)
-    return Plan(warmup=1, iterations={"blog": 10, "photo": 3}, tile_edges=(512, 1024, 1536, 2048),
+    return Plan(warmup=1, iterations={"blog": 10, "photo": 3, "text": 5}, tile_edges=(512, 1024, 1536, 2048),
                 context_lengths=(128, 512, 1024, 2048, 4096), thread_counts=thread_counts(), sweep_iterations=3,
                 eval_samples=12, text_samples=None, eval_new_tokens=24)
 
@@ -161,7 +168,7 @@ class Workload:
     """One benchmark input: a photo, a question, how many tokens to generate, and how the photo is tiled."""
 
     name: str
-    photo: str  # a photo of data/images, by stem
+    photo: str | None  # a photo of data/images, by stem; None: a text-only prompt
     question: str
     new_tokens: int
     longest_edge: int | None  # the processor resizes the photo to this longest edge; None: its default (2048)
@@ -173,6 +180,8 @@ WORKLOADS = {
                      "the source's setup: one 512x512 tile, a short prompt, exactly 16 new tokens"),
     "photo": Workload("photo", "cat", "Describe this image in detail.", 64, None,
                       "a real photo with the processor's default tiling, 64 new tokens"),
+    "text": Workload("text", None, "Write a short story about a cat who watches the stars at night.", 64, None,
+                     "a text-only prompt, no image: the language model alone, 64 new tokens"),
 }
 
 
@@ -217,13 +226,14 @@ def prepare_workloads(processor, model_config, workloads: dict[str, Workload] = 
 
     prepared = {}
     for name, w in workloads.items():
-        image = Image.open(data.photo_path(w.photo)).convert("RGB")
+        image = Image.open(data.photo_path(w.photo)).convert("RGB") if w.photo else None
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
-            inputs = image_inputs(processor, image, w.question, w.longest_edge)
+            inputs = (image_inputs(processor, image, w.question, w.longest_edge) if image else
+                      processor(text=chat_prompt(processor, w.question, with_image=False), return_tensors="pt"))
             times.append(time.perf_counter() - start)
-        facts = {"photo": w.photo, "photo_size": list(image.size), "question": w.question,
+        facts = {"photo": w.photo, "photo_size": list(image.size) if image else None, "question": w.question,
                  "new_tokens": w.new_tokens, "description": w.description,
                  **input_facts(model_config, inputs), "preprocess_s": significant(min(times))}
         prepared[name] = PreparedWorkload(w, inputs, facts)
@@ -399,8 +409,6 @@ def measure_variant(candidate: Candidate, prepared: dict[str, PreparedWorkload],
     per token and, per workload, TTFT/TPOT/decode/e2e summaries. The model is freed before returning. A
     variant that fails is recorded with ``error`` instead of stopping the whole benchmark.
     """
-    from helpers.quantize import measure
-
     record: dict = {"label": candidate.label, "backend": candidate.backend, "threads": threads,
                     "ir_size_MB": None}
     if candidate.ir_dir is not None:
@@ -410,25 +418,51 @@ def measure_variant(candidate: Candidate, prepared: dict[str, PreparedWorkload],
     if not candidate.compiles_with(threads):
         record["error"] = f"OpenVINO crashes compiling this variant with {threads} thread(s) (see helpers.hardware)"
         return record, None
+    def run(model) -> dict:
+        record["precision"] = runtime_precision(model)
+        record["lm_bytes_per_token_MB"] = significant(lm_bytes_per_token(model) / 1e6)
+        return {name: run_workload(model, p, warmup, iterations[name]) for name, p in prepared.items()}
+
+    return record, measure_session(record, lambda: candidate.load(threads), run, then)
+
+
+def measure_session(record: dict, load: Callable[[], Any], run: Callable[[Any], dict],
+                    then: Callable[[Any], Any] | None = None, close: Callable[[Any], None] | None = None) -> Any:
+    """The part every runtime's ``measure_variant`` shares: ``load()`` timed (``load_compile_s``),
+    ``run(model)`` (``workloads``), peak memory sampled over both, then ``then(model)`` while it is loaded,
+    and the model freed (``close(model)`` first, if given). Fills ``record`` in place and returns ``then``'s
+    result. A failure is recorded as ``error`` instead of stopping the whole benchmark."""
+    from helpers.quantize import measure
+
     model = result = None
     try:
         with measure() as memory:
             start = time.perf_counter()
-            model = candidate.load(threads)
+            model = load()
             record["load_compile_s"] = significant(time.perf_counter() - start)
-            record["precision"] = runtime_precision(model)
-            record["lm_bytes_per_token_MB"] = significant(lm_bytes_per_token(model) / 1e6)
-            record["workloads"] = {name: run_workload(model, p, warmup, iterations[name])
-                                   for name, p in prepared.items()}
+            record["workloads"] = run(model)
         record["peak_rss_MB"], record["rss_before_MB"] = memory["peak_rss_MB"], memory["start_rss_MB"]
         if then is not None:
             result = then(model)
     except Exception as err:  # one broken variant must not cost the whole run; the record says what happened
         record["error"] = f"{type(err).__name__}: {err}"
-        print(f"{candidate.label}: failed, {record['error']}")
+        print(f"{record['label']}: failed, {record['error']}")
+    finally:
+        if model is not None and close is not None:
+            close(model)
     del model
     free_memory()
-    return record, result
+    return result
+
+
+def summary_line(record: dict) -> str:
+    """One line per measured variant, printed as the benchmark goes: load time, blog TTFT and decode speed."""
+    if "error" in record:
+        return f"{record['label']:28s} {record['error']}"
+    blog = record["workloads"].get("blog")
+    speed = (f", blog TTFT {blog['ttft_s']['median']:.3f} s, decode {blog['decode_tok_s']['median']:.1f} tok/s"
+             if blog else "")
+    return f"{record['label']:28s} load {record['load_compile_s']:.1f} s{speed}, computes in {record.get('precision')}"
 
 
 def add_bandwidth_bound(records: dict[str, dict], bandwidth_gb_s: float) -> None:
@@ -555,6 +589,43 @@ def comparison(records: dict[str, dict], workloads: Sequence[str] = ("blog", "ph
     return rows
 
 
+# The same bits per weight in both runtimes: OpenVINO's IR as exported (FP32 weights, computed in bf16 where the
+# CPU has it) beside llama.cpp's F16, 8-bit beside Q8_0, 4-bit beside Q4_0.
+PEER_PAIRS = (("openvino-fp32", "llamacpp-f16"), ("openvino-int8", "llamacpp-q8_0"), ("openvino-int4", "llamacpp-q4_0"))
+
+
+def peer_comparison(records: dict[str, dict], workloads: Sequence[str] = ("blog", "photo", "text")) -> list[dict]:
+    """OpenVINO against llama.cpp, per workload: each pair of :data:`PEER_PAIRS`, then the fastest of each
+    runtime. ``TTFT speed-up`` and ``decode speed-up`` are OpenVINO's over llama.cpp's (above 1: OpenVINO
+    is faster). Pairs or workloads not measured are left out."""
+    def median(key: str, workload: str, figure: str) -> float | None:
+        return records.get(key, {}).get("workloads", {}).get(workload, {}).get(figure, {}).get("median")
+
+    def best(backend: str, workload: str, figure: str, fastest) -> str | None:
+        keys = [k for k, r in records.items() if r.get("backend") == backend and median(k, workload, figure)]
+        return fastest(keys, key=lambda k: median(k, workload, figure)) if keys else None
+
+    rows = []
+    for workload in workloads:
+        pairs = [(ov, cpp, "same bits per weight") for ov, cpp in PEER_PAIRS]
+        pairs.append((best("openvino", workload, "ttft_s", min), best("llama.cpp", workload, "ttft_s", min),
+                      "fastest first token of each"))
+        pairs.append((best("openvino", workload, "decode_tok_s", max), best("llama.cpp", workload, "decode_tok_s", max),
+                      "fastest decoding of each"))
+        for ov, cpp, why in pairs:
+            if not (median(ov, workload, "ttft_s") and median(cpp, workload, "ttft_s")):
+                continue
+            rows.append({"workload": workload, "pair": why, "OpenVINO": ov, "llama.cpp": cpp,
+                         "TTFT (s), OpenVINO": median(ov, workload, "ttft_s"),
+                         "TTFT (s), llama.cpp": median(cpp, workload, "ttft_s"),
+                         "TTFT speed-up": _round(ratio(median(cpp, workload, "ttft_s"), median(ov, workload, "ttft_s"))),
+                         "decode (tok/s), OpenVINO": median(ov, workload, "decode_tok_s"),
+                         "decode (tok/s), llama.cpp": median(cpp, workload, "decode_tok_s"),
+                         "decode speed-up": _round(ratio(median(ov, workload, "decode_tok_s"),
+                                                         median(cpp, workload, "decode_tok_s")))})
+    return rows
+
+
 def _round(value: float | None, digits: int = 2) -> float | None:
     return None if value is None else round(value, digits)
 
@@ -603,8 +674,9 @@ def speed_table(results: dict, workload: str):
             })
             if "fraction_of_bound" in w:
                 row["% of bandwidth bound"] = 100 * w["fraction_of_bound"]
+        gguf = (r.get("gguf_size_MB") or 0) + (r.get("mmproj_size_MB") or 0)
         row.update({"load+compile (s)": r.get("load_compile_s"), "peak RSS (MB)": r.get("peak_rss_MB"),
-                    "IR size (MB)": r.get("ir_size_MB")})
+                    "size on disk (MB)": r.get("ir_size_MB") or (significant(gguf) if gguf else None)})
         if "error" in r:
             row["error"] = r["error"]
         rows.append(row)
@@ -694,7 +766,7 @@ def check_results(results: dict, variants: Sequence[str], workloads: Sequence[st
         facts = section(results.get("workloads", {}), name, f"workloads.{name}")
         if facts is None:
             continue
-        for key in ("prompt_tokens", "image_tiles", "new_tokens", "preprocess_s"):
+        for key in ("prompt_tokens", "new_tokens", "preprocess_s") + (("image_tiles",) if facts.get("photo") else ()):
             positive(f"workloads.{name}.{key}", facts.get(key))
     for key in variants:
         record = section(results.get("variants", {}), key, f"variants.{key}")

@@ -26,7 +26,7 @@ from pathlib import Path
 # CPU flags (as /proc/cpuinfo spells them) that decide which fast paths PyTorch and OpenVINO can take.
 INTERESTING_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "avx_vnni")
 PACKAGES = ("torch", "transformers", "optimum", "optimum-intel", "openvino", "nncf", "numpy",
-            "sentence-transformers")
+            "sentence-transformers", "llama_cpp_python")
 
 
 def _cpuinfo() -> dict[str, str]:

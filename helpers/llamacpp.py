@@ -25,8 +25,8 @@ in (1) the resampling code (PIL's Lanczos in transformers, llama.cpp's own C++ L
 slightly; (2) the longest edge is fixed in the mmproj file: llama.cpp has no per-call ``size``; its only knob is
 a token budget per image (``max_image_tokens``), and even one tile comes with the global view, so the blog's
 single 512x512 tile (64 image tokens) becomes a tile plus a global view (128 tokens) here; (3) llama.cpp only
-accepts a tokenizer in which ``"\\n\\n"`` is one token (its image wrapper starts with it), which the real
-SmolVLM2 tokenizer and the ``smollm2-256m`` stand-in have and the ``synthetic-*`` stand-ins' tokenizers lack.
+accepts a tokenizer in which ``"\\n\\n"`` is one token (its image wrapper starts with it): SmolLM2's, which the
+real SmolVLM2 and every stand-in use, has it; :func:`check_tokenizer` refuses other tokenizers with a reason.
 """
 
 from __future__ import annotations
@@ -42,9 +42,9 @@ import time
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from helpers import atomic, bench, data, hardware
+from helpers import atomic, bench, data, hardware, synthetic
 from helpers.models import ModelChoice
 from helpers.paths import cache_dir, models_dir
 
@@ -52,9 +52,6 @@ VERSION = "0.3.36"  # llama-cpp-python, the release whose sdist carries the conv
 LM_TYPES = ("f16", "q8_0", "q4_0")  # language-model weights; the vision projector stays F16
 MMPROJ = "mmproj-f16.gguf"
 MARKER = "gguf_complete.json"
-TEXT_WORKLOAD = bench.Workload("text", "", "Write a short story about a cat who watches the stars at night.", 64,
-                               None, "a text-only question, 64 new tokens")
-WORKLOADS = {**bench.WORKLOADS, "text": TEXT_WORKLOAD}
 # Tokens llama.cpp's SmolVLM image wrapper looks up as single tokens (tools/mtmd/mtmd.cpp); a missing one aborts.
 IMAGE_WRAPPER_TOKENS = ("\n\n", "\n", "<fake_token_around_image>", "<global-img>")
 
@@ -140,7 +137,7 @@ def check_tokenizer(folder: Path) -> None:
         raise LlamaCppUnsupported(
             f"llama.cpp can't run {folder.name} with images: its tokenizer has no single token for "
             f"{', '.join(repr(t) for t in missing)}, which llama.cpp's SmolVLM support needs (llama.cpp would "
-            "abort). The real SmolVLM2 and the smollm2-256m stand-in have them; the synthetic-* stand-ins don't."
+            "abort). SmolLM2's tokenizer (the real SmolVLM2's and every stand-in's) has them."
         )
 
 
@@ -197,6 +194,9 @@ def problems(folder: Path) -> list[str]:
         return [f"{MARKER} is missing or damaged"]
     found = [f"made for llama-cpp-python {marker.get('llama_cpp_python')}, this environment has {VERSION}"
              ] if marker.get("llama_cpp_python") != VERSION else []
+    stale = synthetic.stale_record(marker.get("standin"))
+    if stale:
+        found.append(stale)
     for name in [*map(lm_file, LM_TYPES), MMPROJ]:
         path = Path(folder) / name
         size = marker.get("file_sizes", {}).get(name)
@@ -205,12 +205,24 @@ def problems(folder: Path) -> list[str]:
     return found
 
 
+def require() -> None:
+    """Raise :class:`LlamaCppUnsupported` with what to do when llama-cpp-python is not installed."""
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError as err:
+        raise LlamaCppUnsupported(
+            f"llama-cpp-python is not installed in this environment ({err}): `make run` and `make test` build it "
+            f"once (5-8 minutes on 2 cores), or see the Makefile for the pip command.") from None
+
+
 def convert(choice: ModelChoice, *, force: bool = False, threads: int | None = None) -> Path:
     """GGUF files of ``choice`` in ``<models_dir>/<slug>/gguf/`` (see the module docstring), made now if missing.
 
     Written into a temporary folder and moved into place when complete, one process at a time
-    (:mod:`helpers.atomic`); a complete folder is reused unless ``force``.
+    (:mod:`helpers.atomic`); a complete folder is reused unless ``force``. Raises :class:`LlamaCppUnsupported`
+    with a reason when llama-cpp-python is missing or the model's tokenizer can't work with llama.cpp.
     """
+    require()
     dest = gguf_dir(choice)
     threads = threads or hardware.usable_cores()
     with atomic.locked(dest):
@@ -231,7 +243,8 @@ def convert(choice: ModelChoice, *, force: bool = False, threads: int | None = N
             quantize(tmp / lm_file("f16"), tmp / lm_file("q4_0"), "q4_0", threads)
             seconds[lm_file("q4_0")] = round(time.perf_counter() - start, 1)
             sizes = {f.name: f.stat().st_size for f in sorted(tmp.iterdir())}
-            marker = {"llama_cpp_python": VERSION, "source": choice.source, "seconds": seconds, "file_sizes": sizes}
+            marker = {"llama_cpp_python": VERSION, "source": choice.source, "standin": synthetic.read_marker(source),
+                      "seconds": seconds, "file_sizes": sizes}
             (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
     for name, size in sizes.items():
         print(f"{name}: {size / 1e6:,.1f} MB in {seconds[name]} s")
@@ -387,13 +400,15 @@ def prompt_token_ids(model: LlamaCppVLM, p: Prompt, image_token_id: int) -> list
 # --- generation and timing ------------------------------------------------------------------------------
 
 
-def generate(model: LlamaCppVLM, p: Prompt, max_new_tokens: int,
-             min_new_tokens: int = 0) -> tuple[list[int], list[float], float, float]:
+def generate(model: LlamaCppVLM, p: Prompt, max_new_tokens: int, min_new_tokens: int = 0, *,
+             force: list[int] | None = None, logits: list | None = None) -> tuple[list[int], list[float], float, float]:
     """Greedy decoding: ``(new token ids, time each was chosen, start, end)`` (``time.perf_counter()`` values).
 
     Stops at an end-of-generation token after ``min_new_tokens`` tokens; before that such tokens can't be chosen,
-    as ``min_new_tokens`` does in transformers. Written by hand with llama.cpp's C API (``llama_decode`` and the
-    logits): llama-cpp-python's ``create_completion`` has no minimum length and no per-token clock.
+    as ``min_new_tokens`` does in transformers. With ``force`` (teacher forcing), step ``i`` emits ``force[i]``
+    whatever the model prefers, for ``len(force)`` steps; with a ``logits`` list, a float32 copy of each step's
+    raw logits (before any choice) is appended to it. Written by hand with llama.cpp's C API (``llama_decode``
+    and the logits): llama-cpp-python's ``create_completion`` has no minimum length and no per-token clock.
     """
     import llama_cpp
     import numpy as np
@@ -401,13 +416,19 @@ def generate(model: LlamaCppVLM, p: Prompt, max_new_tokens: int,
 
     ctx = model.llm._ctx.ctx
     n_vocab = model.llm.n_vocab()
+    if force is not None:
+        max_new_tokens = min_new_tokens = len(force)
 
-    def pick(banned: bool) -> int:
-        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(n_vocab,))
-        if banned:
-            logits = logits.copy()
-            logits[model._eog] = -np.inf
-        return int(logits.argmax())
+    def pick(step: int) -> int:
+        scores = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(n_vocab,))
+        if logits is not None:
+            logits.append(scores.astype(np.float32, copy=True))
+        if force is not None:
+            return force[step]
+        if step < min_new_tokens:
+            scores = scores.copy()
+            scores[model._eog] = -np.inf
+        return int(scores.argmax())
 
     llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
     tokens: list[int] = []
@@ -418,10 +439,10 @@ def generate(model: LlamaCppVLM, p: Prompt, max_new_tokens: int,
                                         True, ctypes.byref(n_past)) != 0:
         raise RuntimeError("llama.cpp could not evaluate the prompt")
     while True:
-        token = pick(len(tokens) < min_new_tokens)
+        token = pick(len(tokens))
         tokens.append(token)
         times.append(time.perf_counter())
-        if len(tokens) >= max_new_tokens or token in model._eog:
+        if len(tokens) >= max_new_tokens or (token in model._eog and force is None):
             break
         if llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one((llama_cpp.llama_token * 1)(token), 1)) != 0:
             raise RuntimeError("llama_decode failed (is the context full? load with a larger n_ctx)")
@@ -435,6 +456,11 @@ def answer(model: LlamaCppVLM, question: str, image=None, max_new_tokens: int = 
     (the smollm2-256m stand-in's generation config forbids that the same way).
     """
     tokens, _, _, _ = generate(model, prompt(model, question, image), max_new_tokens, min_new_tokens=1)
+    return _text(model, tokens)
+
+
+def _text(model: LlamaCppVLM, tokens: list[int]) -> str:
+    """The answer's text: ``tokens`` without the end-of-generation ones, decoded."""
     return model.llm.detokenize([t for t in tokens if t not in model._eog]).decode(errors="replace").strip()
 
 
@@ -449,10 +475,15 @@ def time_generation(model: LlamaCppVLM, p: Prompt, new_tokens: int) -> dict:
     return {"ttft_s": times[0] - start, "tpot_s": tpot, "decode_tok_s": 1.0 / tpot, "e2e_s": end - start}
 
 
+def image_tokens_for_edge(longest_edge: int | None) -> int | None:
+    """llama.cpp's nearest setting to transformers' ``longest_edge``: a cap of (edge / 64)^2 image tokens (64 for
+    a 512-pixel edge: one tile plus the global view); ``None`` keeps the mmproj's 2048."""
+    return (longest_edge // 64) ** 2 if longest_edge else None
+
+
 def workload_image_tokens(w: bench.Workload) -> int | None:
-    """llama.cpp's nearest setting to transformers' ``longest_edge`` for a workload: a cap of (edge / 64)^2 image
-    tokens (64 for a 512-pixel edge: one tile plus the global view); ``None`` keeps the mmproj's 2048."""
-    return (w.longest_edge // 64) ** 2 if w.longest_edge else None
+    """:func:`image_tokens_for_edge` of a workload's ``longest_edge``."""
+    return image_tokens_for_edge(w.longest_edge)
 
 
 def prepare(model: LlamaCppVLM, w: bench.Workload) -> Prompt:
@@ -474,24 +505,58 @@ def run_workload(model: LlamaCppVLM, w: bench.Workload, warmup: int, iterations:
     return {**figures, "facts": p.facts}
 
 
-def measure_variant(folder: Path, lm_type: str, threads: int, workloads: dict[str, bench.Workload] = WORKLOADS, *,
-                    warmup: int = 1, iterations: dict[str, int] | None = None) -> dict:
-    """Load ``lm_type`` from a :func:`convert` folder with ``threads`` threads and time every workload; a record
-    like :func:`helpers.bench.measure_variant`'s (``backend`` "llama.cpp", file sizes instead of IR size)."""
+def lm_bytes_per_token(path: Path) -> int:
+    """Bytes of weights a GGUF language model reads per generated token: every tensor but the input embedding
+    table (each token reads one row of it), as :func:`helpers.bench.lm_bytes_per_token` counts an IR's."""
+    from gguf import GGUFReader
+
+    return sum(int(t.n_bytes) for t in GGUFReader(path).tensors if t.name != "token_embd.weight")
+
+
+def measure_variant(folder: Path, lm_type: str, threads: int, workloads: dict[str, bench.Workload] = bench.WORKLOADS,
+                    *, warmup: int = 1, iterations: dict[str, int] | None = None,
+                    then: Callable[[LlamaCppVLM], Any] | None = None) -> tuple[dict, Any]:
+    """Load ``lm_type`` from a :func:`convert` folder with ``threads`` threads, time every workload, then call
+    ``then(model)`` while it is loaded: ``(record, then_result)``, the record shaped like
+    :func:`helpers.bench.measure_variant`'s (``backend`` "llama.cpp", GGUF sizes instead of the IR's). A failure is
+    recorded as ``error`` instead of stopping the benchmark, as bench does."""
     iterations = iterations or bench.plan().iterations
     folder = Path(folder)
     record: dict = {"label": f"llama.cpp {lm_type.upper()}", "backend": "llama.cpp", "precision": lm_type,
-                    "threads": threads, "llama_cpp_python": VERSION,
+                    "threads": threads, "llama_cpp_python": VERSION, "ir_size_MB": None,
                     "gguf_size_MB": bench.significant((folder / lm_file(lm_type)).stat().st_size / 1e6),
-                    "mmproj_size_MB": bench.significant((folder / MMPROJ).stat().st_size / 1e6)}
-    model = load(folder, lm_type, threads)
-    try:
-        record["load_compile_s"] = bench.significant(model.load_s)
-        record["workloads"] = {name: run_workload(model, w, warmup, iterations.get(name, 3))
-                               for name, w in workloads.items()}
-    finally:
-        model.close()
-    return record
+                    "mmproj_size_MB": bench.significant((folder / MMPROJ).stat().st_size / 1e6),
+                    "lm_bytes_per_token_MB": bench.significant(lm_bytes_per_token(folder / lm_file(lm_type)) / 1e6)}
+    result = bench.measure_session(
+        record, lambda: load(folder, lm_type, threads),
+        lambda model: {name: run_workload(model, w, warmup, iterations.get(name, 3)) for name, w in workloads.items()},
+        then, close=lambda model: model.close())
+    return record, result
+
+
+def run_quality(model: LlamaCppVLM, samples: list, max_new_tokens: int, reference: list) -> list:
+    """:func:`helpers.quality.run` for llama.cpp: each sample answered greedily (at least one token, as the
+    stand-in's generation config asks) and scored against the reference's answers token by token (teacher
+    forcing on the reference's tokens, llama.cpp's own logits). A photo goes through llama.cpp's own
+    preprocessing with the same tiling (:func:`image_tokens_for_edge` of ``quality.EVAL_LONGEST_EDGE``), so on
+    photo questions its input is close to, not the same as, the reference's."""
+    import numpy as np
+    import torch
+
+    from helpers import quality
+
+    if len(reference) != len(samples):
+        raise ValueError(f"{len(reference)} reference answers for {len(samples)} samples")
+    answers = []
+    for sample, ref in zip(samples, reference):
+        p = prompt(model, sample.question, sample.image, image_tokens_for_edge(quality.EVAL_LONGEST_EDGE))
+        tokens, _, _, _ = generate(model, p, max_new_tokens, min_new_tokens=1)
+        text = _text(model, tokens)
+        forced: list = []
+        generate(model, p, len(ref.tokens), force=ref.tokens, logits=forced)
+        scores = quality.token_metrics(ref.logits, torch.from_numpy(np.stack(forced)), ref.tokens)
+        answers.append(quality.Answer(tokens, text, scores=scores))
+    return answers
 
 
 def image_facts(model: LlamaCppVLM, photo: str, question: str = "What is in this image?",

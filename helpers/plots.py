@@ -12,11 +12,14 @@ from helpers.paths import runs_dir
 
 PYTORCH_COLOR = "#dd8452"
 OPENVINO_COLOR = "#4c72b0"
+LLAMA_CPP_COLOR = "#55a868"
+BACKEND_COLORS = {"pytorch": PYTORCH_COLOR, "openvino": OPENVINO_COLOR, "llama.cpp": LLAMA_CPP_COLOR}
+BACKEND_MARKERS = {"pytorch": "s", "openvino": "o", "llama.cpp": "^"}
 
 
 def _color(record: dict) -> str:
     """Bars: one colour per backend."""
-    return PYTORCH_COLOR if record.get("backend") == "pytorch" else OPENVINO_COLOR
+    return BACKEND_COLORS.get(record.get("backend"), OPENVINO_COLOR)
 
 
 def _variant_styles(results: dict) -> dict[str, dict]:
@@ -24,7 +27,7 @@ def _variant_styles(results: dict) -> dict[str, dict]:
     import matplotlib.pyplot as plt
 
     palette = plt.get_cmap("tab10").colors
-    return {key: {"color": palette[i % len(palette)], "marker": "s" if r.get("backend") == "pytorch" else "o",
+    return {key: {"color": palette[i % len(palette)], "marker": BACKEND_MARKERS.get(r.get("backend"), "o"),
                   "label": r["label"]}
             for i, (key, r) in enumerate(results["variants"].items())}
 
@@ -35,7 +38,7 @@ def _measured(results: dict, workload: str) -> list[tuple[str, dict, dict]]:
             if workload in r.get("workloads", {})]
 
 
-def speed_bars(results: dict, workloads: tuple[str, ...] = ("blog", "photo")):
+def speed_bars(results: dict, workloads: tuple[str, ...] = ("blog", "photo", "text")):
     """One row per workload, one panel per figure (TTFT, decode tokens/s, end-to-end): a bar per variant,
     the median, with a line from the fastest to the slowest timed call."""
     import matplotlib.pyplot as plt
@@ -126,8 +129,11 @@ def bandwidth_bound(results: dict, workload: str = "blog"):
                  f"(read bandwidth {bandwidth} GB/s, weights read once per token)", fontsize="medium")
     from matplotlib.patches import Patch
 
-    handles = [Patch(facecolor="#dddddd", edgecolor="#999999", label="memory bandwidth allows"),
-               Patch(color=PYTORCH_COLOR, label="measured, PyTorch"), Patch(color=OPENVINO_COLOR, label="measured, OpenVINO")]
+    backends = {r.get("backend") for _, r, _ in measured}
+    handles = [Patch(facecolor="#dddddd", edgecolor="#999999", label="memory bandwidth allows")] + [
+        Patch(color=color, label=f"measured, {name}") for backend, color, name in
+        (("pytorch", PYTORCH_COLOR, "PyTorch"), ("openvino", OPENVINO_COLOR, "OpenVINO"),
+         ("llama.cpp", LLAMA_CPP_COLOR, "llama.cpp")) if backend in backends]
     ax.legend(handles=handles, loc="lower right", fontsize="small")
     fig.tight_layout()
     return fig

