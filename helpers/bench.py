@@ -432,7 +432,7 @@ def measure_session(record: dict, load: Callable[[], Any], run: Callable[[Any], 
     ``run(model)`` (``workloads``), peak memory sampled over both, then ``then(model)`` while it is loaded,
     and the model freed (``close(model)`` first, if given). Fills ``record`` in place and returns ``then``'s
     result. A failure is recorded as ``error`` instead of stopping the whole benchmark."""
-    from helpers.quantize import measure
+    from helpers.memory import measure
 
     model = result = None
     try:

@@ -9,13 +9,11 @@ that skips a complete variant still shows the figures measured when it was built
 from __future__ import annotations
 
 import json
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from helpers import chat, data, export, images
+from helpers import chat, data, export, images, memory
 from helpers.models import ModelChoice
 
 RECIPE_FILE = "quantization.json"
@@ -112,39 +110,6 @@ def ensure_variant(choice: ModelChoice, variant: str, *, force: bool = False) ->
 # --- building a variant and recording what it cost --------------------------------------------------------
 
 
-@contextmanager
-def measure(interval: float = 0.1) -> Iterator[dict]:
-    """Time a block and sample this process's peak resident memory (RSS) while it runs.
-
-    Yields a dict that is filled on exit with ``seconds``, ``peak_rss_MB`` and ``start_rss_MB``.
-    Sampling (psutil, every ``interval`` s) can miss a spike shorter than the interval. Child processes are
-    left out on purpose: the libraries fork short-lived helpers whose RSS repeats the parent's shared pages.
-    """
-    import psutil
-
-    process = psutil.Process()
-    result: dict = {}
-    start_rss = process.memory_info().rss
-    peak = [start_rss]
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.wait(interval):
-            peak[0] = max(peak[0], process.memory_info().rss)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    start = time.perf_counter()
-    try:
-        yield result
-    finally:
-        seconds = time.perf_counter() - start
-        stop.set()
-        sampler.join()
-        peak[0] = max(peak[0], process.memory_info().rss)
-        result.update(seconds=round(seconds, 1), peak_rss_MB=round(peak[0] / 1e6), start_rss_MB=round(start_rss / 1e6))
-
-
 def build_variant(choice: ModelChoice, variant: str, build: Callable[[Path], None], *, force: bool = False) -> Path:
     """Run ``build(folder)`` for ``variant`` atomically, timing it and sampling its peak memory.
 
@@ -155,7 +120,7 @@ def build_variant(choice: ModelChoice, variant: str, build: Callable[[Path], Non
 
     def build_and_record(folder: Path) -> None:
         print(f"Building {variant!r} into {folder}", flush=True)
-        with measure() as cost:
+        with memory.measure() as cost:
             build(folder)
         if not (folder / "preprocessor_config.json").is_file():
             AutoProcessor.from_pretrained(choice.source).save_pretrained(folder)

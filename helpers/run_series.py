@@ -1,42 +1,21 @@
 """``make run``: execute every notebook under ``notebooks/`` in order into ``runs/latest/`` (.ipynb and .html).
 
-Shows a progress bar per notebook, records each notebook's wall time and peak memory (the kernel and its
-child processes, proportional set size, sampled) in ``runs/latest/run_summary.json``, and stops at the first failing notebook, keeping its partial output.
+Shows a progress bar per notebook, records each notebook's wall time and peak memory (RSS of the kernel and its
+child processes, sampled by :class:`helpers.memory.PeakMemory`, with the CPU time the sampling cost) in
+``runs/latest/run_summary.json``, and stops at the first failing notebook, keeping its partial output.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-import threading
 import time
 from pathlib import Path
 
 from helpers import atomic
+from helpers.memory import PeakMemory
 from helpers.models import ModelUnavailableError, resolve_model, show_banner
 from helpers.paths import REPO_ROOT, runs_dir
-
-
-def _peak_memory_sampler(pid: int, stop: threading.Event, result: dict) -> None:
-    import psutil
-
-    # PSS (proportional set size) rather than RSS: the kernel's children (optimum-cli, forked workers) share
-    # pages with it, and adding their RSS would count those pages several times.
-    peak = 0
-    try:
-        proc = psutil.Process(pid)
-        while not stop.is_set():
-            total = 0
-            for p in [proc, *proc.children(recursive=True)]:
-                try:
-                    total += p.memory_full_info().pss
-                except psutil.Error:
-                    pass  # a child that ended between listing and reading
-            peak = max(peak, total)
-            stop.wait(0.5)
-    except psutil.Error:
-        pass
-    result["peak_bytes"] = peak
 
 
 def execute_notebook(path: Path, out_dir: Path) -> dict:
@@ -51,14 +30,10 @@ def execute_notebook(path: Path, out_dir: Path) -> dict:
     client = NotebookClient(nb, timeout=None, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
     code_cells = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
     record: dict = {"notebook": path.name, "status": "ok"}
-    stop, sampled = threading.Event(), {}
+    sampler = None
     start = time.perf_counter()
     try:
-        with client.setup_kernel():
-            sampler = threading.Thread(
-                target=_peak_memory_sampler, args=(client.km.provisioner.pid, stop, sampled), daemon=True
-            )
-            sampler.start()
+        with client.setup_kernel(), PeakMemory(client.km.provisioner.pid, children=True, interval=0.5) as sampler:
             for index in tqdm(code_cells, desc=path.stem, unit="cell", file=sys.stdout):
                 client.execute_cell(nb.cells[index], index)
             client.set_widgets_metadata()  # so the executed .ipynb and .html show the widgets, not just text
@@ -66,14 +41,13 @@ def execute_notebook(path: Path, out_dir: Path) -> dict:
         record["status"] = "failed"
         record["error"] = str(err).strip().splitlines()[-1][:500]
     finally:
-        stop.set()
         record["seconds"] = round(time.perf_counter() - start, 1)
         out_dir.mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, out_dir / path.name)
         html, _ = HTMLExporter().from_notebook_node(nb)
         (out_dir / f"{path.stem}.html").write_text(html)
-    time.sleep(0.3)
-    record["peak_memory_MB"] = round(sampled.get("peak_bytes", 0) / 1e6, 1)
+    record["peak_memory_MB"] = round(sampler.peak_bytes / 1e6, 1) if sampler else None
+    record["memory_sampler_cpu_s"] = round(sampler.sampler_cpu_s, 3) if sampler else None
     return record
 
 
@@ -103,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         ran = {r["notebook"] for r in done}
         summary["notebooks"] = sorted([r for r in kept if r.get("notebook") not in ran] + done,
                                       key=lambda r: r["notebook"])
-        print(f"  {nb.name}: {record['status']} in {record['seconds']} s, peak memory {record['peak_memory_MB']} MB (PSS)")
+        print(f"  {nb.name}: {record['status']} in {record['seconds']} s, peak memory {record['peak_memory_MB']} MB (RSS)")
         (out_dir / "run_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if record["status"] != "ok":
             print(f"\n{nb.name} failed: {record.get('error', '')}\nSee {out_dir / (nb.stem + '.html')}", file=sys.stderr)
