@@ -88,6 +88,10 @@ RESULT_FIELDS = {
     "timed iterations",
     "variants.<v>.workloads.<w>.bandwidth_bound_tok_s / fraction_of_bound": "decode tokens/s that memory "
     "bandwidth allows (read bandwidth / lm_bytes_per_token) and the measured decode speed as a fraction of it",
+    "variants.<v>.stages.<w>": "PyTorch and OpenVINO: where the time of one generate call went (helpers.stages; "
+    "medians of separate runs with the clock on, in seconds): first_token (vision: the vision encoder with its "
+    "connector, text_embeddings, language_model: the prefill, rest: generate's own Python; together ttft), "
+    "vision_per_tile, per_token (language_model, text_embeddings, rest; together tpot, the mean decoding step), e2e",
     "variants.<v>.error": "present when a variant could not be measured, with the reason",
     "comparison": "speed-ups (TTFT: slower/faster; decode: faster/slower) of OpenVINO FP32 over PyTorch FP32 and "
     "BF16, and of INT8 and INT4 over the FP32 IR; rows: comparison, figure, source (blog workload; null where "
@@ -131,6 +135,7 @@ class Plan:
     eval_samples: int  # photo questions of data/eval.jsonl used for quality
     text_samples: int | None  # text questions of data/text_questions.jsonl used for quality (None: all)
     eval_new_tokens: int  # longest answer (tokens) in the quality evaluation
+    stage_iterations: int  # runs per workload split into stages (helpers.stages), after the timed ones
 
     def as_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
@@ -154,10 +159,10 @@ def plan(quick: bool | None = None) -> Plan:
     if quick:
         return Plan(warmup=1, iterations={"blog": 2, "photo": 2, "text": 2}, tile_edges=(512, 1024), context_lengths=(64, 256),
                     thread_counts=thread_counts(), sweep_iterations=1, eval_samples=3, text_samples=3,
-                    eval_new_tokens=8)
+                    eval_new_tokens=8, stage_iterations=1)
     return Plan(warmup=1, iterations={"blog": 10, "photo": 3, "text": 5}, tile_edges=(512, 1024, 1536, 2048),
                 context_lengths=(128, 512, 1024, 2048, 4096), thread_counts=thread_counts(), sweep_iterations=3,
-                eval_samples=12, text_samples=None, eval_new_tokens=24)
+                eval_samples=12, text_samples=None, eval_new_tokens=24, stage_iterations=2)
 
 
 # --- workloads --------------------------------------------------------------------------------------------
@@ -284,8 +289,9 @@ class TokenTimes:
         pass
 
 
-def time_generation(model, inputs, new_tokens: int) -> dict:
-    """One greedy ``generate`` call of exactly ``new_tokens`` tokens: ttft_s, tpot_s, decode_tok_s, e2e_s."""
+def generate_timed(model, inputs, new_tokens: int) -> tuple[float, list[float], float]:
+    """One greedy ``generate`` call of exactly ``new_tokens`` tokens: ``(start, time of each new token, end)``
+    (``time.perf_counter()`` values)."""
     if new_tokens < 2:
         raise ValueError(f"new_tokens must be >= 2 to measure time per token, got {new_tokens}")
     clock = TokenTimes()
@@ -295,8 +301,14 @@ def time_generation(model, inputs, new_tokens: int) -> dict:
     end = time.perf_counter()
     if len(clock.times) != new_tokens:
         raise RuntimeError(f"asked for {new_tokens} new tokens, the streamer saw {len(clock.times)}")
-    tpot = (clock.times[-1] - clock.times[0]) / (new_tokens - 1)
-    return {"ttft_s": clock.times[0] - start, "tpot_s": tpot, "decode_tok_s": 1.0 / tpot, "e2e_s": end - start}
+    return start, clock.times, end
+
+
+def time_generation(model, inputs, new_tokens: int) -> dict:
+    """One greedy ``generate`` call of exactly ``new_tokens`` tokens: ttft_s, tpot_s, decode_tok_s, e2e_s."""
+    start, times, end = generate_timed(model, inputs, new_tokens)
+    tpot = (times[-1] - times[0]) / (new_tokens - 1)
+    return {"ttft_s": times[0] - start, "tpot_s": tpot, "decode_tok_s": 1.0 / tpot, "e2e_s": end - start}
 
 
 def significant(value: float, digits: int = 4) -> float:
@@ -401,12 +413,13 @@ def free_memory() -> None:
 
 def measure_variant(candidate: Candidate, prepared: dict[str, PreparedWorkload], threads: int, *,
                     warmup: int, iterations: dict[str, int], then: Callable[[Any], Any] | None = None,
-                    ) -> tuple[dict, Any]:
+                    stage_iterations: int = 1) -> tuple[dict, Any]:
     """Load ``candidate`` with ``threads`` threads, benchmark every prepared workload (``warmup`` untimed calls,
-    then ``iterations[workload]`` timed ones), then call ``then(model)`` while the model is still loaded.
+    then ``iterations[workload]`` timed ones, then ``stage_iterations`` runs split into stages by
+    :mod:`helpers.stages`), then call ``then(model)`` while the model is still loaded.
 
     Returns ``(record, then_result)``. The record holds load + compile time, peak memory, IR size, bytes read
-    per token and, per workload, TTFT/TPOT/decode/e2e summaries. The model is freed before returning. A
+    per token and, per workload, TTFT/TPOT/decode/e2e summaries and (``stages``) where the time went. The model is freed before returning. A
     variant that fails is recorded with ``error`` instead of stopping the whole benchmark.
     """
     record: dict = {"label": candidate.label, "backend": candidate.backend, "threads": threads,
@@ -419,9 +432,15 @@ def measure_variant(candidate: Candidate, prepared: dict[str, PreparedWorkload],
         record["error"] = f"OpenVINO crashes compiling this variant with {threads} thread(s) (see helpers.hardware)"
         return record, None
     def run(model) -> dict:
+        from helpers import stages
+
         record["precision"] = runtime_precision(model)
         record["lm_bytes_per_token_MB"] = significant(lm_bytes_per_token(model) / 1e6)
-        return {name: run_workload(model, p, warmup, iterations[name]) for name, p in prepared.items()}
+        timed = {name: run_workload(model, p, warmup, iterations[name]) for name, p in prepared.items()}
+        # Where the time goes: separate runs with the stage clock on, so its cost stays out of the figures above
+        record["stages"] = {name: stages.measure(model, p.inputs, p.workload.new_tokens, p.facts["image_tiles"],
+                                                 stage_iterations) for name, p in prepared.items()}
+        return timed
 
     return record, measure_session(record, lambda: candidate.load(threads), run, then)
 
@@ -788,6 +807,17 @@ def check_results(results: dict, variants: Sequence[str], workloads: Sequence[st
                     positive(f"variants.{key}.workloads.{name}.{figure}.{stat}", figures.get(figure, {}).get(stat))
             for figure in ("bandwidth_bound_tok_s", "fraction_of_bound"):
                 positive(f"variants.{key}.workloads.{name}.{figure}", figures.get(figure))
+        if record.get("backend") in ("pytorch", "openvino"):
+            for name in workloads:
+                split = record.get("stages", {}).get(name)
+                if split is None:
+                    problems.append(f"variants.{key}.stages.{name} is missing")
+                    continue
+                for part in ("first_token", "per_token"):
+                    for stage, value in split[part].items():
+                        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                            problems.append(f"variants.{key}.stages.{name}.{part}.{stage} is {value!r}, "
+                                            "not a number >= 0")
         q = section(results.get("quality", {}), key, f"quality.{key}")
         if q is not None:
             for figure in ("token_agreement", "similarity"):

@@ -107,6 +107,41 @@ def scaling_curves(results: dict):
     return fig
 
 
+STAGE_COLORS = {"vision": "#8172b3", "text_embeddings": "#ccb974", "language_model": "#4c72b0", "rest": "#c4c4c4"}
+
+
+def stage_bars(results: dict, workloads: tuple[str, ...] = ("blog", "photo")):
+    """Per workload, two panels of stacked bars, one per variant: what the first token is made of (vision encoder,
+    text embeddings, the language model's prefill, the rest of ``generate``) and the same for one later token."""
+    import matplotlib.pyplot as plt
+
+    workloads = tuple(w for w in workloads if any(w in r.get("stages", {}) for r in results["variants"].values()))
+    rows = {w: [(r["label"], r["stages"][w]) for r in results["variants"].values() if w in r.get("stages", {})]
+            for w in workloads}
+    n = max((len(v) for v in rows.values()), default=1)
+    fig, axes = plt.subplots(len(workloads), 2, figsize=(14, 1.0 + 0.45 * n * len(workloads)), squeeze=False)
+    for row, workload in enumerate(workloads):
+        labels = [label for label, _ in rows[workload]]
+        for col, (part, scale, unit) in enumerate((("first_token", 1.0, "s"), ("per_token", 1000.0, "ms"))):
+            ax = axes[row][col]
+            left = [0.0] * len(labels)
+            for stage, color in STAGE_COLORS.items():
+                widths = [split[part].get(stage, 0.0) * scale for _, split in rows[workload]]
+                if not any(widths):
+                    continue
+                ax.barh(range(len(labels)), widths, left=left, color=color, label=stage.replace("_", " "))
+                left = [a + b for a, b in zip(left, widths)]
+            ax.set_yticks(range(len(labels)), labels if col == 0 else [""] * len(labels))
+            ax.invert_yaxis()
+            ax.set_xlabel(f"{'time to first token' if part == 'first_token' else 'one later token'} ({unit})")
+            ax.set_title(f"{workload}: {'the first token' if part == 'first_token' else 'each later token'}",
+                         fontsize="medium")
+        axes[row][0].legend(fontsize="small", loc="lower right")
+    fig.suptitle(_caption(results) + "; the rest: generate's own Python around the submodels", fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
 def bandwidth_bound(results: dict, workload: str = "blog"):
     """Per variant: measured decode tokens/s beside what memory bandwidth allows, with the fraction reached."""
     import matplotlib.pyplot as plt

@@ -217,9 +217,14 @@ def test_sweeps_grow_tiles_and_context(openvino_model, processor):
 
 def _record(backend, ttft, decode, mb=100.0):
     fig = lambda v: {"median": v, "min": v, "max": v, "n": 1}  # noqa: E731
+    stages = {"first_token": {"vision": 0.5 * ttft, "text_embeddings": 0.0, "language_model": 0.4 * ttft,
+                              "rest": 0.1 * ttft, "ttft": ttft},
+              "per_token": {"language_model": 0.8 / decode, "text_embeddings": 0.0, "rest": 0.2 / decode,
+                            "tpot": 1 / decode}}
     return {"label": backend, "backend": backend, "lm_bytes_per_token_MB": mb,
             "workloads": {"blog": {"ttft_s": fig(ttft), "tpot_s": fig(1 / decode), "decode_tok_s": fig(decode),
-                                   "e2e_s": fig(ttft + 15 / decode)}}}
+                                   "e2e_s": fig(ttft + 15 / decode)}},
+            "stages": {"blog": stages}}
 
 
 def test_bandwidth_bound_and_fraction():
@@ -298,11 +303,14 @@ def test_check_results_names_each_problem(tmp_path):
     results["variants"]["openvino-fp32"]["workloads"]["blog"]["tpot_s"]["median"] = float("nan")
     results["variants"]["pytorch-fp32"]["load_compile_s"] = 0
     del results["quality"]["openvino-fp32"]
+    results["variants"]["openvino-fp32"]["stages"]["blog"]["first_token"]["rest"] = -0.1
+    del results["variants"]["pytorch-fp32"]["stages"]
     problems = bench.check_results(results, ["pytorch-fp32", "openvino-fp32", "openvino-int8"], ["blog", "photo"])
     text = "\n".join(problems)
     for expected in ("variants.openvino-int8 is missing", "workloads.photo is missing",
                      "variants.openvino-fp32.workloads.blog.tpot_s.median", "variants.pytorch-fp32.load_compile_s",
-                     "quality.openvino-fp32 is missing"):
+                     "quality.openvino-fp32 is missing", "variants.pytorch-fp32.stages.blog is missing",
+                     "variants.openvino-fp32.stages.blog.first_token.rest is -0.1"):
         assert expected in text
 
 
@@ -351,3 +359,46 @@ def test_peer_comparison_pairs_the_same_bits_and_the_fastest_of_each():
                      ("fastest decoding of each", "openvino-int8", "llamacpp-q8_0")]  # no photo rows, no PyTorch
     assert rows[0]["TTFT speed-up"] == 2.0 and rows[0]["decode speed-up"] == 1.25  # OpenVINO faster
     assert rows[1]["TTFT speed-up"] == 0.5 and rows[1]["decode speed-up"] == 0.8  # llama.cpp faster
+
+
+# --- where the time goes (helpers.stages) -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("runtime", ["pytorch", "openvino"])
+def test_stages_add_up_and_land_where_they_belong(runtime, pytorch_model, openvino_model, prepared):
+    from helpers import stages
+
+    model = pytorch_model if runtime == "pytorch" else openvino_model
+    photo, text = prepared["photo"], prepared["text"]
+    bench.time_generation(model, photo.inputs, 4)  # warm-up
+    split = stages.measure(model, photo.inputs, 6, photo.facts["image_tiles"])
+    first, step = split["first_token"], split["per_token"]
+    # every stage ran, and the clock never counted more time than there was (the rest is never negative)
+    assert first["vision"] > 0 and first["text_embeddings"] > 0 and first["language_model"] > 0
+    assert first["rest"] >= 0 and step["rest"] >= 0 and step["language_model"] > 0
+    assert first["vision"] + first["text_embeddings"] + first["language_model"] + first["rest"] == pytest.approx(
+        first["ttft"])
+    assert split["vision_per_tile"] == pytest.approx(first["vision"] / 13)
+    assert 0 < first["ttft"] < split["e2e"] and step["tpot"] > 0
+    text_split = stages.measure(model, text.inputs, 4, 0)
+    assert text_split["first_token"]["vision"] == 0 and text_split["vision_per_tile"] == 0
+    # the clock leaves the model as it found it
+    if runtime == "pytorch":
+        assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    else:
+        assert not {"forward", "embed_tokens"} & set(vars(model.language_model))
+        assert "forward" not in vars(model.vision_embeddings)
+
+
+def test_a_stage_event_is_given_to_the_token_it_served():
+    from helpers import stages
+
+    events = [("vision", 0.0, 0.5), ("text_embeddings", 0.5, 0.6), ("language_model", 0.6, 0.9),
+              ("text_embeddings", 1.0, 1.05), ("language_model", 1.05, 1.15),
+              ("text_embeddings", 1.2, 1.25), ("language_model", 1.25, 1.35)]
+    split = stages.split(events, 0.0, [1.0, 1.2, 1.4], 1.45, tiles=2)
+    assert split["first_token"] == pytest.approx({"vision": 0.5, "text_embeddings": 0.1, "language_model": 0.3,
+                                                  "ttft": 1.0, "rest": 0.1})
+    assert split["per_token"] == pytest.approx({"language_model": 0.1, "text_embeddings": 0.05, "tpot": 0.2,
+                                                "rest": 0.05})
+    assert split["vision_per_tile"] == pytest.approx(0.25) and split["e2e"] == pytest.approx(1.45)
