@@ -112,8 +112,11 @@ RESULT_FIELDS = {
     "greedy tokens), kl_mean (mean KL(reference || variant) of next-token distributions, nats), similarity "
     "(mean cosine similarity of all-MiniLM-L6-v2 embeddings of the free-running answers; similarity_min: the "
     "lowest), below_floor "
-    "(similarity < 0.90), accuracy (share of photo answers containing the reference answer; real vision "
-    "encoder only, else null), text_accuracy (the same on the text questions; real language model only, else null)",
+    "(similarity < 0.90), repetition_rate (share of answers that fall into repeating one phrase), accuracy "
+    "(share of photo answers containing the reference answer; real vision encoder only, else null), "
+    "text_accuracy (the same on the text questions; real language model only, else null); every figure f with "
+    "f_ci, its 95% bootstrap interval over the questions, and each accuracy with f_vs_reference_ci, the "
+    "interval of its difference from the reference's on the same questions (holding 0: within noise)",
 }
 
 
@@ -820,7 +823,7 @@ def check_results(results: dict, variants: Sequence[str], workloads: Sequence[st
                                             "not a number >= 0")
         q = section(results.get("quality", {}), key, f"quality.{key}")
         if q is not None:
-            for figure in ("token_agreement", "similarity"):
+            for figure in ("token_agreement", "similarity", "repetition_rate"):
                 value = q.get(figure)
                 if not isinstance(value, (int, float)) or not (math.isfinite(value) and -1.0 <= value <= 1.0):
                     problems.append(f"quality.{key}.{figure} is {value!r}, not a number in [-1, 1]")

@@ -174,20 +174,36 @@ def bandwidth_bound(results: dict, workload: str = "blog"):
     return fig
 
 
+def _error(q: dict, name: str, value: float, low_limit: float | None = None) -> list[list[float]] | None:
+    """``yerr`` for matplotlib from the 95% interval ``<name>_ci`` of a quality row (``None`` without one)."""
+    interval = q.get(f"{name}_ci")
+    if not interval:
+        return None
+    low = interval[0] if low_limit is None else max(interval[0], low_limit)
+    return [[max(value - low, 0.0)], [max(interval[1] - value, 0.0)]]
+
+
 def speed_vs_quality(results: dict, workload: str = "blog", floor: float = 0.90):
-    """Two panels, one point per variant: decode speed against KL divergence and against answer similarity."""
+    """One point per variant, with its 95% interval: decode speed against KL divergence, against answer
+    similarity and (when computed) against accuracy on the text questions."""
     import matplotlib.pyplot as plt
 
     quality = results.get("quality", {})
     styles = _variant_styles(results)
     points = [(k, f) for k, _, f in _measured(results, workload) if k in quality]
     reference = next((k for k, q in quality.items() if q.get("reference")), None)
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    with_accuracy = any(q.get("text_accuracy") is not None for q in quality.values())
+    fig, axes = plt.subplots(1, 3 if with_accuracy else 2, figsize=(19 if with_accuracy else 13, 4.5))
     for key, f in points:
         q, x = quality[key], f["decode_tok_s"]["median"]
+        style = {**styles[key], "markersize": 8, "capsize": 3, "linestyle": "none"}
         if key != reference:  # the reference's KL to itself is 0: nothing to put on a log scale
-            axes[0].scatter(x, max(q["kl_mean"], 1e-15), s=60, zorder=3, **styles[key])
-        axes[1].scatter(x, q["similarity"], s=60, zorder=3, **styles[key])
+            kl = max(q["kl_mean"], 1e-15)
+            axes[0].errorbar(x, kl, yerr=_error(q, "kl_mean", kl, 1e-15), zorder=3, **style)
+        axes[1].errorbar(x, q["similarity"], yerr=_error(q, "similarity", q["similarity"]), zorder=3, **style)
+        if with_accuracy and q.get("text_accuracy") is not None:
+            axes[2].errorbar(x, q["text_accuracy"], yerr=_error(q, "text_accuracy", q["text_accuracy"]), zorder=3,
+                             **style)
     axes[0].set_yscale("log")
     axes[0].set(xlabel=f"decode tokens/s ({workload})", ylabel="KL(reference || variant), nats (lower is better)",
                 title="Speed against next-token divergence")
@@ -195,11 +211,15 @@ def speed_vs_quality(results: dict, workload: str = "blog", floor: float = 0.90)
     axes[1].text(axes[1].get_xlim()[0], floor, f" floor {floor}", color="#c44e52", va="bottom", fontsize="small")
     axes[1].set(xlabel=f"decode tokens/s ({workload})", ylabel="answer similarity to reference (higher is better)",
                 title="Speed against answer similarity")
+    if with_accuracy:
+        axes[2].set(xlabel=f"decode tokens/s ({workload})", ylabel="share of text questions right",
+                    title="Speed against accuracy (text questions)")
     for ax in axes:
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize="x-small", loc="center left", bbox_to_anchor=(1.01, 0.5))
+    axes[-1].legend(fontsize="x-small", loc="center left", bbox_to_anchor=(1.01, 0.5))
     label = results["variants"].get(reference, {}).get("label", reference)
-    fig.suptitle(_caption(results) + f"; reference: {label}", fontsize="small")
+    fig.suptitle(_caption(results) + f"; reference: {label}; bars: 95% intervals over the questions",
+                 fontsize="small")
     fig.tight_layout()
     return fig
 

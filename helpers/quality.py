@@ -209,11 +209,37 @@ def is_correct(answer: str, expected: str) -> bool:
     return bool(wanted) and f" {wanted} " in f" {normalize(answer)} "
 
 
+def has_loop(tokens: list[int], min_span: int = 8) -> bool:
+    """True when the answer falls into a repetition loop: some stretch of at least ``min_span`` tokens (and at
+    least three periods) repeats one n-gram of 1 to 16 tokens over and over ("the cat the cat the cat the cat")."""
+    for n in range(1, 17):
+        run = 0  # how many positions in a row equal the token n before them
+        for j in range(n, len(tokens)):
+            run = run + 1 if tokens[j] == tokens[j - n] else 0
+            if run + n >= max(min_span, 3 * n):
+                return True
+    return False
+
+
+def bootstrap_ci(values: list[float], resamples: int = 2000, seed: int = 0) -> list[float]:
+    """95% confidence interval of the mean of ``values`` (percentile bootstrap over the questions)."""
+    import numpy as np
+
+    data = np.asarray(values, dtype=float)
+    if data.size == 0:
+        raise ValueError("no values to bootstrap")
+    means = data[np.random.default_rng(seed).integers(0, data.size, (resamples, data.size))].mean(axis=1)
+    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+
+
 def score(answers: dict[str, list[Answer]], samples: list[Sample], reference_key: str, embedder, *,
           real_vision: bool, real_language_model: bool) -> dict[str, dict]:
-    """Per variant: token_agreement, kl_mean, similarity (mean and min) and below_floor over all samples;
-    ``accuracy`` on the photo questions (with ``real_vision``, else ``None``) and ``text_accuracy`` on the text
-    questions (with ``real_language_model``, else ``None``).
+    """Per variant: token_agreement, kl_mean, similarity (mean and min), below_floor and repetition_rate (share
+    of answers in a loop, :func:`has_loop`) over all samples; ``accuracy`` on the photo questions (with
+    ``real_vision``, else ``None``) and ``text_accuracy`` on the text questions (with ``real_language_model``,
+    else ``None``). Each figure ``f`` comes with ``f_ci``, its 95% bootstrap interval over the questions; each
+    accuracy also with ``f_vs_reference_ci``, the interval of its difference from the reference's on the same
+    questions (paired): when it holds 0, the two can't be told apart on these questions.
 
     ``answers`` maps variant keys to :func:`run` outputs; ``reference_key`` names the reference's.
     """
@@ -221,25 +247,63 @@ def score(answers: dict[str, list[Answer]], samples: list[Sample], reference_key
     if reference is None:
         raise ValueError(f"no answers from the reference {reference_key!r} (did it fail to run?): nothing to compare with")
     ref_texts = [a.text for a in reference]
+
+    def hits(outs: list[Answer], kind: str) -> list[float]:
+        return [float(is_correct(a.text, s.answer)) for a, s in zip(outs, samples) if s.kind == kind]
+
     results = {}
     for key, outs in answers.items():
-        sims = similarities(embedder, ref_texts, [a.text for a in outs])
-        row = {
-            "reference": key == reference_key,
-            "samples": len(outs),
-            "token_agreement": 1.0 if key == reference_key else _mean(a.scores["token_agreement"] for a in outs),
-            "kl_mean": 0.0 if key == reference_key else _mean(a.scores["kl_mean"] for a in outs),
-            "similarity": _mean(sims),
-            "similarity_min": min(sims),
+        is_reference = key == reference_key
+        per_question = {
+            "token_agreement": [1.0 if is_reference else a.scores["token_agreement"] for a in outs],
+            "kl_mean": [0.0 if is_reference else a.scores["kl_mean"] for a in outs],
+            "similarity": similarities(embedder, ref_texts, [a.text for a in outs]),
+            "repetition_rate": [float(has_loop(a.tokens)) for a in outs],
         }
+        row = {"reference": is_reference, "samples": len(outs),
+               **{name: _mean(values) for name, values in per_question.items()},
+               "similarity_min": min(per_question["similarity"])}
         row["below_floor"] = row["similarity"] < SIMILARITY_FLOOR
+        for name, values in per_question.items():
+            row[f"{name}_ci"] = bootstrap_ci(values)
         for name, kind, meaningful in (("accuracy", "photo", real_vision),
                                        ("text_accuracy", "text", real_language_model)):
-            hits = [float(is_correct(a.text, s.answer)) for a, s in zip(outs, samples) if s.kind == kind]
-            row[name] = _mean(hits) if meaningful and hits else None
-            row[f"{kind}_questions"] = len(hits)
+            mine = hits(outs, kind)
+            row[f"{kind}_questions"] = len(mine)
+            row[name] = row[f"{name}_ci"] = row[f"{name}_vs_reference_ci"] = None
+            if meaningful and mine:
+                row[name], row[f"{name}_ci"] = _mean(mine), bootstrap_ci(mine)
+                differences = [m - r for m, r in zip(mine, hits(reference, kind))]
+                row[f"{name}_vs_reference_ci"] = bootstrap_ci(differences)
         results[key] = row
     return results
+
+
+def summary_table(scores: dict[str, dict]):
+    """:func:`score`'s figures one row per variant, each as "mean [95% interval]" (a DataFrame)."""
+    import pandas as pd
+
+    def cell(row: dict, name: str, digits: int) -> str | None:
+        if row.get(name) is None:
+            return None
+        low, high = row[f"{name}_ci"]
+        return f"{row[name]:.{digits}g} [{low:.{digits}g}, {high:.{digits}g}]"
+
+    figures = (("token agreement", "token_agreement", 3), ("KL (nats)", "kl_mean", 2),
+               ("answer similarity", "similarity", 3), ("answers in a loop", "repetition_rate", 2),
+               ("text accuracy", "text_accuracy", 2), ("photo accuracy", "accuracy", 2))
+    table = pd.DataFrame({key: {title: cell(row, name, digits) for title, name, digits in figures}
+                          for key, row in scores.items()}).T
+    return table.dropna(axis=1, how="all")
+
+
+def differs_from_reference(row: dict, name: str = "text_accuracy") -> bool | None:
+    """Whether an accuracy differs from the reference's beyond noise (its paired interval leaves out 0);
+    ``None`` when it was not computed."""
+    interval = row.get(f"{name}_vs_reference_ci")
+    if interval is None:
+        return None
+    return interval[0] > 0 or interval[1] < 0
 
 
 def answers_table(answers: dict[str, list[Answer]], samples: list[Sample], limit: int = 4, kind: str | None = None):

@@ -262,7 +262,8 @@ def _results(tmp_path):
         "workloads": {"blog": {"description": "one tile", "prompt_tokens": 81, "image_tiles": 1, "new_tokens": 16,
                                "preprocess_s": 0.01, "photo": tmp_path}},
         "variants": records,
-        "quality": {k: {"token_agreement": 1.0, "kl_mean": 0.0, "similarity": 1.0} for k in records},
+        "quality": {k: {"token_agreement": 1.0, "kl_mean": 0.0, "similarity": 1.0, "repetition_rate": 0.0}
+                    for k in records},
         "scaling": {"tiles": {"openvino-fp32": [{"image_tiles": 1, "ttft_s": 0.5}]},
                     "context": {"openvino-fp32": [{"context_tokens": 64, "tpot_s": 0.05}]},
                     "threads": {"openvino-fp32": rows}},

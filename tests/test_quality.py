@@ -178,3 +178,42 @@ def test_every_photo_question_counts_as_one(processor):
     samples = quality.eval_samples(processor) + quality.text_samples(processor)
     assert sum(s.kind == "photo" for s in samples) == len(data.load_eval_set())
     assert sum(s.kind == "text" for s in samples) == len(data.load_text_questions())
+
+
+@pytest.mark.parametrize("tokens, looping", [
+    ([5, 6, 7, 5, 6, 7, 5, 6, 7], True),  # a 3-token phrase three times
+    ([1, 2, 1, 2, 1, 2, 1, 2], True),  # a 2-token phrase four times (8 tokens)
+    ([9] * 8, True),
+    ([9] * 5, False),  # "no no no no no": too short a stretch to call a loop
+    ([1, 2, 3, 4, 1, 2, 3, 4], False),  # a phrase said twice is not a loop
+    (list(range(40)), False),
+])
+def test_has_loop(tokens, looping):
+    assert quality.has_loop(tokens) is looping
+
+
+def test_bootstrap_interval_holds_the_mean_and_narrows_with_more_questions():
+    few = [1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 1.0]
+    low, high = quality.bootstrap_ci(few)
+    assert low < sum(few) / len(few) < high and quality.bootstrap_ci(few) == [low, high]  # seeded: repeatable
+    many_low, many_high = quality.bootstrap_ci(few * 20)
+    assert many_high - many_low < (high - low) / 2
+    assert quality.bootstrap_ci([0.5] * 5) == [0.5, 0.5]
+
+
+def test_score_gives_intervals_and_tells_noise_from_a_real_difference(embedder):
+    text = [quality.Sample("", f"question {i}", "yes", inputs=None, kind="text") for i in range(30)]
+    ref = [quality.Answer([1, 2, 3], "yes") for _ in range(30)]
+    same = [quality.Answer([1, 2, 3], "yes", scores={"token_agreement": 1.0, "kl_mean": 0.0})] * 29 + [
+        quality.Answer([4], "no", scores={"token_agreement": 0.0, "kl_mean": 1.0})]
+    worse = [quality.Answer([7, 8] * 6, "no", scores={"token_agreement": 0.0, "kl_mean": 3.0})] * 20 + [
+        quality.Answer([1, 2, 3], "yes", scores={"token_agreement": 1.0, "kl_mean": 0.0})] * 10
+    scores = quality.score({"ref": ref, "same": same, "worse": worse}, text, "ref", embedder, real_vision=False,
+                           real_language_model=True)
+    low, high = scores["worse"]["text_accuracy_ci"]
+    assert low <= 1 / 3 <= high and scores["worse"]["repetition_rate"] == pytest.approx(2 / 3)
+    assert quality.differs_from_reference(scores["worse"]) is True  # 20 of 30 answers lost
+    assert quality.differs_from_reference(scores["same"]) is False  # one of 30: within noise
+    assert quality.differs_from_reference(scores["ref"]) is False and scores["ref"]["repetition_rate"] == 0
+    table = quality.summary_table(scores)
+    assert "photo accuracy" not in table.columns and table.loc["worse", "text accuracy"].startswith("0.33 [")
