@@ -94,7 +94,7 @@ RESULT_FIELDS = {
     "vision_per_tile, per_token (language_model, text_embeddings, rest; together tpot, the mean decoding step), e2e",
     "variants.<v>.error": "present when a variant could not be measured, with the reason",
     "comparison": "speed-ups (TTFT: slower/faster; decode: faster/slower) of OpenVINO FP32 over PyTorch FP32 and "
-    "BF16, and of INT8 and INT4 over the FP32 IR; rows: comparison, figure, source (blog workload; null where "
+    "BF16, and of INT8, INT4 and mixed + INT4 over the FP32 IR; rows: comparison, figure, source (blog workload; null where "
     "the source had no such pair), ours (blog), ours (photo)",
     "peer_comparison": "OpenVINO against llama.cpp per workload: pairs at the same bits per weight (FP32 IR and "
     "F16, INT8 and Q8_0, INT4 and Q4_0), then the fastest of each; both runtimes' TTFT and decode medians and "
@@ -272,7 +272,8 @@ def context_inputs(processor, length: int):
 
 
 class TokenTimes:
-    """A ``generate`` streamer that records when each new token arrives.
+    """A ``generate`` streamer that records when each new token arrives: the course's one token clock (the chat's
+    streaming answer wraps it too, :func:`helpers.chat.stream_answer`).
 
     ``generate`` first hands the streamer the prompt, then each new token as soon as it is chosen; we skip the
     prompt and keep a ``time.perf_counter()`` stamp per token.
@@ -286,7 +287,8 @@ class TokenTimes:
         if not self._prompt_seen:
             self._prompt_seen = True
             return
-        self.times.append(time.perf_counter())
+        now = time.perf_counter()
+        self.times.extend([now] * max(1, getattr(value, "numel", lambda: 1)()))
 
     def end(self) -> None:
         pass
@@ -577,6 +579,7 @@ COMPARISONS = (
     ("OpenVINO FP32 vs PyTorch BF16", "openvino-fp32", "pytorch-bf16", None),
     ("OpenVINO INT8 vs OpenVINO FP32", "openvino-int8", "openvino-fp32", ("openvino-int8", "openvino-fp32")),
     ("OpenVINO INT4 vs OpenVINO FP32", "openvino-int4", "openvino-fp32", None),
+    ("OpenVINO mixed + INT4 vs OpenVINO FP32", "openvino-mixed-int4", "openvino-fp32", None),
 )
 
 

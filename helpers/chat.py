@@ -210,17 +210,19 @@ class Answer:
 
 
 def _timed_streamer(tokenizer):
-    """A ``TextIteratorStreamer`` that also notes when each new token arrives (transformers' doesn't)."""
+    """A ``TextIteratorStreamer`` that also notes when each new token arrives (transformers' doesn't), with
+    bench's token clock, so the chat and the benchmark time tokens the same way."""
     from transformers import TextIteratorStreamer
+
+    from helpers.bench import TokenTimes
 
     class TimedStreamer(TextIteratorStreamer):
         def __init__(self) -> None:
             super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
-            self.token_times: list[float] = []
+            self.clock = TokenTimes()
 
         def put(self, value) -> None:
-            if not self.next_tokens_are_prompt:
-                self.token_times.extend([time.perf_counter()] * max(1, value.numel()))
+            self.clock.put(value)
             super().put(value)
 
     return TimedStreamer()
@@ -284,7 +286,7 @@ def stream_answer(
     if errors:
         raise errors[0]
     total = time.perf_counter() - start
-    times = streamer.token_times
+    times = streamer.clock.times
     pixel_values = inputs.get("pixel_values")
     return Answer(
         text="".join(pieces).strip(),

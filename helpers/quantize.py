@@ -18,7 +18,13 @@ from helpers.models import ModelChoice
 
 RECIPE_FILE = "quantization.json"
 DEFAULT_NUM_SAMPLES = 50  # the source blog's calibration size; data/ ships fewer, and then all of them are used
-QUANTIZED_VARIANTS = ("int8", "int4", "mixed")
+# Variants put together from the submodels of others, no quantizer run: for each submodel (as
+# helpers.export.SUBMODELS names them), the variant it comes from. An IR variant is three separate IR files, and
+# each recipe quantizes each submodel on its own (the static vision encoder is calibrated on vision activations
+# only), so this is what one recipe with both settings would produce, without calibrating a second time.
+COMBINED = {"mixed-int4": {"vision_embeddings_model": "mixed", "text_embeddings_model": "int4",
+                           "language_model": "int4"}}
+QUANTIZED_VARIANTS = ("int8", "int4", "mixed", *COMBINED)
 
 # optimum-intel names the language model "lm_model" in its quantization configs; the IR file and
 # helpers.export call it "language_model".
@@ -67,7 +73,8 @@ def default_config(variant: str, processor_dir: Path | None = None, num_samples:
 
 
 def ensure_variant(choice: ModelChoice, variant: str, *, force: bool = False) -> Path:
-    """The complete IR folder of ``variant`` (``fp32``, ``int8``, ``int4`` or ``mixed``), built now if missing.
+    """The complete IR folder of ``variant`` (``fp32``, ``int8``, ``int4``, ``mixed`` or ``mixed-int4``), built
+    now if missing.
 
     Uses the recipes of notebook 02 (:func:`default_config`) on the FP32 IR, which is exported first if needed.
     A complete folder is reused as it is; builds are atomic (:func:`helpers.export.build_atomically`).
@@ -79,6 +86,8 @@ def ensure_variant(choice: ModelChoice, variant: str, *, force: bool = False) ->
     target = export.variant_dir(choice, variant)
     if export.is_complete(target) and not force:
         return target
+    if variant in COMBINED:
+        return combine_submodels(choice, variant, force=force)
     fp_dir = export.export_fp32(choice)
 
     if variant == "mixed":
@@ -103,6 +112,37 @@ def ensure_variant(choice: ModelChoice, variant: str, *, force: bool = False) ->
 
             model = OVModelForVisualCausalLM.from_pretrained(str(fp_dir), quantization_config=config, compile=False)
             model.save_pretrained(folder)
+
+    return build_variant(choice, variant, build, force=force)
+
+
+def combine_submodels(choice: ModelChoice, variant: str, *, force: bool = False) -> Path:
+    """Build the :data:`COMBINED` variant ``variant``: each submodel's IR files copied from the variant it comes
+    from (built first if missing); config, processor and tokenizer files from the language model's variant; an
+    ``openvino_config.json`` that records each submodel's recipe."""
+    import shutil
+
+    parts = COMBINED[variant]
+    sources = {name: ensure_variant(choice, source) for name, source in parts.items()}
+    base = sources["language_model"]
+    ir_names = {path.name for pair in export.ir_files(base).values() for path in pair}
+
+    def build(folder: Path) -> None:
+        for path in base.iterdir():
+            if path.is_file() and path.name not in ir_names | {export.COMPLETE_MARKER, RECIPE_FILE}:
+                shutil.copy2(path, folder / path.name)
+        for name, source in sources.items():
+            for path in export.ir_files(source)[name]:
+                shutil.copy2(path, folder / path.name)
+        config = json.loads((base / "openvino_config.json").read_text())
+        recipes = config["quantization_config"].setdefault("quantization_configs", {})
+        for name, source in parts.items():
+            theirs = json.loads((sources[name] / "openvino_config.json").read_text())["quantization_config"]
+            key = {"language_model": "lm_model"}.get(name, name)
+            if key in theirs.get("quantization_configs", {}):
+                recipes[key] = theirs["quantization_configs"][key]
+        config["combined_from"] = parts
+        (folder / "openvino_config.json").write_text(json.dumps(config, indent=2) + "\n")
 
     return build_variant(choice, variant, build, force=force)
 

@@ -108,6 +108,26 @@ def test_mixed_recipe_quantizes_vision_activations_only(tiny):
     assert saved["num_samples"] == len(data.load_calibration_dataset(50))  # all the rows data/ has (fewer than 50)
 
 
+def test_combined_variant_has_the_static_vision_encoder_and_the_4bit_language_model(tiny):
+    folder = quantize.ensure_variant(tiny, "mixed-int4")
+    counts = quantize.count_quantized(folder)
+    assert counts.loc["vision_embeddings_model"].equals(quantize.count_quantized(
+        export.variant_dir(tiny, "mixed")).loc["vision_embeddings_model"])
+    assert counts.loc["vision_embeddings_model", "fake_quantize"] > 0
+    assert counts.loc["language_model", "int4"] > 0 and counts.loc["language_model", "fake_quantize"] == 0
+    assert counts.drop(index="vision_embeddings_model").equals(
+        quantize.count_quantized(export.variant_dir(tiny, "int4")).drop(index="vision_embeddings_model"))
+    assert export.check_ir(folder) == folder and quantize.read_record(folder)["variant"] == "mixed-int4"
+    saved = json.loads((folder / "openvino_config.json").read_text())
+    assert saved["combined_from"] == quantize.COMBINED["mixed-int4"]
+    recipes = saved["quantization_config"]["quantization_configs"]
+    assert recipes["lm_model"]["bits"] == 4 and "smooth_quant_alpha" in recipes["vision_embeddings_model"]
+    from helpers import chat
+
+    model, processor = chat.load_model(folder)
+    assert chat.ask(model, processor, "What is in this image?", [data.photo_path("cat")], max_new_tokens=3).new_tokens == 3
+
+
 def test_cost_and_size_tables_describe_the_built_variants(tiny):
     folders = {v: quantize.ensure_variant(tiny, v) for v in ("fp32", "int8", "int4")}
     sizes = quantize.size_table(folders)
