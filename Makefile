@@ -4,6 +4,10 @@
 # Pick the model with VLM_MODEL (see README). Extra: make prefetch, make clean-models.
 
 PYTHON ?= python3
+# PyTorch's idle OpenMP threads sleep instead of spinning, so they don't take the cores OpenVINO decodes on
+# (OpenVINO's llm_bench recommends it; notebook 04 measures the difference with one core busy).
+OMP_WAIT_POLICY ?= PASSIVE
+export OMP_WAIT_POLICY
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed

@@ -96,9 +96,20 @@ RESULT_FIELDS = {
     "comparison": "speed-ups (TTFT: slower/faster; decode: faster/slower) of OpenVINO FP32 over PyTorch FP32 and "
     "BF16, and of INT8, INT4 and mixed + INT4 over the FP32 IR; rows: comparison, figure, source (blog workload; null where "
     "the source had no such pair), ours (blog), ours (photo)",
-    "peer_comparison": "OpenVINO against llama.cpp per workload: pairs at the same bits per weight (FP32 IR and "
-    "F16, INT8 and Q8_0, INT4 and Q4_0), then the fastest of each; both runtimes' TTFT and decode medians and "
+    "peer_comparison": "OpenVINO against llama.cpp per workload: pairs at about the same bits per weight (FP32 IR, "
+    "which computes in bf16 on CPUs with bf16 instructions, and F16; INT8 and Q8_0; INT4 and Q4_0), then the "
+    "fastest of each; both runtimes' TTFT and decode medians and "
     "OpenVINO's speed-ups (above 1: OpenVINO is faster)",
+    "compile_cache.<v>": "OpenVINO variants: load + compile with OpenVINO's compile cache (CACHE_DIR) in an empty "
+    "folder, first_s (compiles and writes the compiled model) and cached_s (reads it back), and cache_MB, what "
+    "the cache holds; the main benchmark's load_compile_s uses no cache",
+    "compute_limit": "the first token's limit: peak_GFLOP_s (one large matrix product compiled by OpenVINO in f32, "
+    "bf16 and int8), vision_GFLOP_per_tile (counted from the vision encoder's IR) and per variant, on the photo "
+    "workload: vision_GFLOP and prefill_GFLOP, the GFLOP/s each reached (from the stage split) and its fraction "
+    "of the peak of the precision it runs in",
+    "busy_core": "decode tokens/s of the variant named (OpenVINO INT4) on a text prompt in a fresh process, idle "
+    "(idle_tok_s) and with another program keeping one core busy (busy_tok_s), and loss, the share of the idle "
+    "speed lost; once with OMP_WAIT_POLICY unset and once PASSIVE (policies)",
     "scaling.tiles": "per variant: TTFT (median, s) for one photo scaled to longest_edge 512/1024/1536/2048 px "
     "(rows: longest_edge, image_tiles, image_tokens, prompt_tokens, ttft_s)",
     "scaling.context": "per variant: TPOT and TTFT (medians, s) of text-only prompts of context_tokens tokens "
@@ -443,8 +454,10 @@ def measure_variant(candidate: Candidate, prepared: dict[str, PreparedWorkload],
         record["lm_bytes_per_token_MB"] = significant(lm_bytes_per_token(model) / 1e6)
         timed = {name: run_workload(model, p, warmup, iterations[name]) for name, p in prepared.items()}
         # Where the time goes: separate runs with the stage clock on, so its cost stays out of the figures above
-        record["stages"] = {name: stages.measure(model, p.inputs, p.workload.new_tokens, p.facts["image_tiles"],
-                                                 stage_iterations) for name, p in prepared.items()}
+        if stage_iterations:
+            record["stages"] = {name: stages.measure(model, p.inputs, p.workload.new_tokens,
+                                                     p.facts["image_tiles"], stage_iterations)
+                                for name, p in prepared.items()}
         return timed
 
     return record, measure_session(record, lambda: candidate.load(threads), run, then)
@@ -477,6 +490,25 @@ def measure_session(record: dict, load: Callable[[], Any], run: Callable[[Any], 
     del model
     free_memory()
     return result
+
+
+def compile_cache_times(folder: Path, threads: int, cache_dir: Path) -> dict:
+    """Load + compile of the IR in ``folder`` twice with OpenVINO's compile cache in ``cache_dir`` (give an empty
+    folder): ``first_s`` compiles and writes the compiled model, ``cached_s`` reads it back; ``cache_MB`` is what
+    the cache holds afterwards."""
+    from optimum.intel import OVModelForVisualCausalLM
+
+    config = hardware.openvino_config(threads, cache_dir=cache_dir)
+    seconds = []
+    for _ in range(2):
+        start = time.perf_counter()
+        model = OVModelForVisualCausalLM.from_pretrained(folder, device="CPU", ov_config=config)
+        seconds.append(time.perf_counter() - start)
+        del model
+        free_memory()
+    size = sum(f.stat().st_size for f in Path(cache_dir).rglob("*") if f.is_file())
+    return {"first_s": significant(seconds[0]), "cached_s": significant(seconds[1]),
+            "cache_MB": significant(size / 1e6)}
 
 
 def summary_line(record: dict) -> str:
@@ -552,7 +584,7 @@ def threads_sweep(candidate: Candidate, prepared: PreparedWorkload, counts: Sequ
             else:
                 name = prepared.workload.name
                 record, _ = measure_variant(candidate, {name: prepared}, threads, warmup=1,
-                                            iterations={name: iterations})
+                                            iterations={name: iterations}, stage_iterations=0)
                 if "error" in record:
                     rows.append({"threads": threads, "skipped": record["error"]})
                     continue
@@ -742,23 +774,6 @@ def _cell(value, digits: int) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}g}"
     return str(value)
-
-
-def iter_figures(results: dict):
-    """Every ``(path, value)`` number in the speed part of ``results`` (variants, scaling); for checks."""
-
-    def walk(prefix: str, node):
-        if isinstance(node, dict):
-            for k, v in node.items():
-                yield from walk(f"{prefix}.{k}", v)
-        elif isinstance(node, list):
-            for i, v in enumerate(node):
-                yield from walk(f"{prefix}[{i}]", v)
-        elif isinstance(node, (int, float)) and not isinstance(node, bool):
-            yield prefix, node
-
-    for part in ("variants", "scaling"):
-        yield from walk(part, results.get(part, {}))
 
 
 def check_results(results: dict, variants: Sequence[str], workloads: Sequence[str]) -> list[str]:

@@ -24,6 +24,7 @@ from PIL import Image
 
 from helpers import devices, export, images
 from helpers.models import ModelChoice
+from helpers.paths import openvino_cache_dir
 
 DEFAULT_QUESTION = "What is in this image? Answer in one sentence."
 
@@ -44,8 +45,13 @@ def model_folder(choice: ModelChoice, variant: str) -> Path:
     return folder
 
 
-def load_model(folder: Path, device: str = "CPU"):
-    """``(model, processor)`` for the IR in ``folder``, compiled for ``device`` (checked first: see helpers.devices)."""
+def load_model(folder: Path, device: str = "CPU", *, compile_cache: bool = True):
+    """``(model, processor)`` for the IR in ``folder``, compiled for ``device`` (checked first: see helpers.devices).
+
+    With ``compile_cache``, OpenVINO keeps the compiled model in :func:`helpers.paths.openvino_cache_dir`
+    (``CACHE_DIR``), so loading the same variant again (a notebook re-run, the playground switching back) skips
+    most of the compile; notebook 04 measures by how much.
+    """
     from optimum.intel import OVModelForVisualCausalLM
     from transformers import AutoProcessor
 
@@ -61,7 +67,8 @@ def load_model(folder: Path, device: str = "CPU"):
         export.check_ir(folder)  # parses the graphs too: a same-size corrupted file, named before OpenVINO trips on it
     except export.CorruptIRError as err:
         raise ChatError(str(err)) from None
-    model = OVModelForVisualCausalLM.from_pretrained(folder, device=device)
+    ov_config = {"CACHE_DIR": str(openvino_cache_dir())} if compile_cache else None
+    model = OVModelForVisualCausalLM.from_pretrained(folder, device=device, ov_config=ov_config)
     processor = AutoProcessor.from_pretrained(folder)
     return model, processor
 

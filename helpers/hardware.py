@@ -105,17 +105,21 @@ def default_threads() -> int:
     return usable_cores()
 
 
-def openvino_config(threads: int, precision: str | None = None) -> dict:
-    """``ov_config`` for ``from_pretrained``: ``threads`` inference threads and, if given, a precision hint.
+def openvino_config(threads: int, precision: str | None = None, cache_dir: Path | None = None) -> dict:
+    """``ov_config`` for ``from_pretrained``: ``threads`` inference threads and, if given, a precision hint and a
+    compile cache.
 
     ``precision`` (``"f32"``, ``"bf16"``...) overrides ``INFERENCE_PRECISION_HINT``; without it the CPU plugin
-    picks its default (bf16 on CPUs with bf16 instructions, even for an FP32 IR).
+    picks its default (bf16 on CPUs with bf16 instructions, even for an FP32 IR). ``cache_dir`` sets OpenVINO's
+    ``CACHE_DIR``: the compiled model is written there on the first load and read back on later ones.
     """
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
     config: dict = {"INFERENCE_NUM_THREADS": int(threads)}
     if precision:
         config["INFERENCE_PRECISION_HINT"] = precision
+    if cache_dir is not None:
+        config["CACHE_DIR"] = str(cache_dir)
     return config
 
 
@@ -154,6 +158,51 @@ def openvino_compiles(folder: Path, config: dict, submodel: str = "openvino_lang
     if not xml.is_file():
         raise FileNotFoundError(f"no {xml.name} in {folder}")
     return _openvino_compiles(str(xml.resolve()), json.dumps(config, sort_keys=True))
+
+
+def _matmul_model(n: int, int8: bool):
+    """An OpenVINO model of one ``n x n`` by ``n x n`` matrix product; with ``int8``, both inputs quantized as
+    static quantization leaves them (unsigned 8-bit activations, signed 8-bit weights), so the CPU plugin
+    runs it with its int8 kernels."""
+    import numpy as np
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    x = ops.parameter([n, n], np.float32, name="x")
+    weights = ops.constant(np.random.default_rng(0).standard_normal((n, n)).astype(np.float32))
+    a, b = x, weights
+    if int8:
+        zero, low, high = (ops.constant(np.float32(v)) for v in (0.0, -4.0, 4.0))
+        a = ops.fake_quantize(x, zero, high, zero, high, 256)
+        b = ops.fake_quantize(weights, low, high, low, high, 255)
+    return ov.Model([ops.matmul(a, b, False, True)], [x])
+
+
+def measure_matmul_gflops(precision: str, threads: int | None = None, n: int = 1024, repeats: int = 10) -> float:
+    """What this CPU computes at most, in GFLOP/s: one ``n x n`` matrix product compiled by OpenVINO in
+    ``precision`` (``"f32"``, ``"bf16"`` or ``"int8"``) with ``threads`` threads, best of ``repeats`` runs.
+
+    A large matrix product is the best case for the arithmetic units (the weights stay in cache and are reused
+    ``n`` times), so this is the compute limit a vision encoder or a prefill can approach. Written by hand: no
+    installed library measures it for OpenVINO's kernels. bf16 on a CPU without bf16 instructions runs as f32.
+    """
+    import numpy as np
+    import openvino as ov
+
+    if precision not in ("f32", "bf16", "int8"):
+        raise ValueError(f"precision must be 'f32', 'bf16' or 'int8', got {precision!r}")
+    hint = "bf16" if precision == "bf16" else "f32"
+    compiled = ov.Core().compile_model(_matmul_model(n, precision == "int8"), "CPU",
+                                      openvino_config(threads or default_threads(), hint))
+    request = compiled.create_infer_request()
+    x = np.abs(np.random.default_rng(1).standard_normal((n, n))).astype(np.float32)
+    request.infer({0: x})
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        request.infer({0: x})
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
 
 
 def measure_read_bandwidth(size_mb: int = 1024, threads: int | None = None, repeats: int = 5) -> float:

@@ -476,8 +476,9 @@ def time_generation(model: LlamaCppVLM, p: Prompt, new_tokens: int) -> dict:
 
 
 def image_tokens_for_edge(longest_edge: int | None) -> int | None:
-    """llama.cpp's nearest setting to transformers' ``longest_edge``: a cap of (edge / 64)^2 image tokens (64 for
-    a 512-pixel edge: one tile plus the global view); ``None`` keeps the mmproj's 2048."""
+    """llama.cpp's nearest setting to transformers' ``longest_edge``: a budget of (edge / 64)^2 image tokens per
+    image (64 for a 512-pixel edge, which llama.cpp still sends as one tile plus the global view, 128 tokens);
+    ``None`` keeps the mmproj's 2048."""
     return (longest_edge // 64) ** 2 if longest_edge else None
 
 
@@ -523,12 +524,17 @@ def measure_variant(folder: Path, lm_type: str, threads: int, workloads: dict[st
     iterations = iterations or bench.plan().iterations
     folder = Path(folder)
     record: dict = {"label": f"llama.cpp {lm_type.upper()}", "backend": "llama.cpp", "precision": lm_type,
-                    "threads": threads, "llama_cpp_python": VERSION, "ir_size_MB": None,
-                    "gguf_size_MB": bench.significant((folder / lm_file(lm_type)).stat().st_size / 1e6),
-                    "mmproj_size_MB": bench.significant((folder / MMPROJ).stat().st_size / 1e6),
-                    "lm_bytes_per_token_MB": bench.significant(lm_bytes_per_token(folder / lm_file(lm_type)) / 1e6)}
+                    "threads": threads, "llama_cpp_python": VERSION, "ir_size_MB": None}
+
+    def load_and_describe() -> LlamaCppVLM:
+        model = load(folder, lm_type, threads)
+        record.update(gguf_size_MB=bench.significant((folder / lm_file(lm_type)).stat().st_size / 1e6),
+                      mmproj_size_MB=bench.significant((folder / MMPROJ).stat().st_size / 1e6),
+                      lm_bytes_per_token_MB=bench.significant(lm_bytes_per_token(folder / lm_file(lm_type)) / 1e6))
+        return model
+
     result = bench.measure_session(
-        record, lambda: load(folder, lm_type, threads),
+        record, load_and_describe,
         lambda model: {name: run_workload(model, w, warmup, iterations.get(name, 3)) for name, w in workloads.items()},
         then, close=lambda model: model.close())
     return record, result

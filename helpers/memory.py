@@ -8,9 +8,10 @@ costs is a measured figure too.
 
 Why RSS and not PSS (which splits pages shared between processes fairly): PSS needs ``/proc/<pid>/smaps``, which
 takes the kernel milliseconds per read for a process of several GB; at two reads a second that was about 12% of
-a core, taken from the benchmark it was measuring. The children counted here are separate programs (optimum-cli,
-llama.cpp's converter) that share little memory with the kernel, so summing their RSS overstates little.
-A spike shorter than ``interval`` can be missed.
+a core, taken from the benchmark it was measuring. The price: pages a child shares with the kernel (the same
+libtorch or libopenvino mapped by an optimum-cli child) count once per process, so a notebook's peak with a
+child running is overstated by up to the size of those libraries. A spike shorter than ``interval`` can be
+missed.
 """
 
 from __future__ import annotations

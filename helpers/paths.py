@@ -14,6 +14,11 @@ def cache_dir() -> Path:
     return Path(os.environ.get("VLM_CACHE", REPO_ROOT / "cache")).resolve()
 
 
+def openvino_cache_dir() -> Path:
+    """OpenVINO's compile cache (``CACHE_DIR``): compiled models, so a model loads faster the second time."""
+    return cache_dir() / "openvino-compiled"
+
+
 def models_dir() -> Path:
     """Folder for exported and quantized OpenVINO IRs (``VLM_MODELS_DIR``, default ``<repo>/models``)."""
     return Path(os.environ.get("VLM_MODELS_DIR", REPO_ROOT / "models")).resolve()

@@ -13,11 +13,15 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from helpers import chat, data, export, images, memory
+from helpers import atomic, chat, data, export, images, memory
 from helpers.models import ModelChoice
 
 RECIPE_FILE = "quantization.json"
 DEFAULT_NUM_SAMPLES = 50  # the source blog's calibration size; data/ ships fewer, and then all of them are used
+# The mixed recipe calibrates the vision encoder on each photo as one 512x512 image (the processor's
+# longest_edge): with SmolVLM's default (2048) every photo becomes up to 17 tiles, which made calibration take
+# most of notebook 02's time; the README compares the activation ranges of both calibrations.
+CALIBRATION_LONGEST_EDGE = 512
 # Variants put together from the submodels of others, no quantizer run: for each submodel (as
 # helpers.export.SUBMODELS names them), the variant it comes from. An IR variant is three separate IR files, and
 # each recipe quantizes each submodel on its own (the static vision encoder is calibrated on vision activations
@@ -44,8 +48,8 @@ _FAKE_OPS = {"FakeQuantize", "FakeConvert"}
 def default_config(variant: str, processor_dir: Path | None = None, num_samples: int = DEFAULT_NUM_SAMPLES):
     """The quantization config of recipe ``variant`` (``int8``, ``int4`` or ``mixed``), as notebook 02 builds it.
 
-    ``mixed`` needs ``processor_dir`` (the processor used to turn calibration photos into model inputs) and
-    ``num_samples`` (how many calibration rows are used).
+    ``mixed`` needs ``processor_dir`` (the processor that turns calibration photos into model inputs:
+    :func:`calibration_processor` bounds their tiles) and ``num_samples`` (how many calibration rows are used).
     """
     from optimum.intel import OVPipelineQuantizationConfig, OVQuantizationConfig, OVWeightQuantizationConfig
 
@@ -72,6 +76,23 @@ def default_config(variant: str, processor_dir: Path | None = None, num_samples:
     raise ValueError(f"unknown quantization recipe {variant!r}; choose one of {QUANTIZED_VARIANTS}")
 
 
+def calibration_processor(fp_dir: Path, longest_edge: int = CALIBRATION_LONGEST_EDGE) -> Path:
+    """A copy of the processor of ``fp_dir`` that resizes every image to ``longest_edge`` pixels before cutting
+    tiles (512: one tile per photo), saved once next to the variants; pass it as the mixed recipe's processor."""
+    from transformers import AutoProcessor
+
+    from helpers import atomic
+
+    dest = Path(fp_dir).parent / f"calibration-processor-{longest_edge}"
+    with atomic.locked(dest):
+        if not (dest / "preprocessor_config.json").is_file():
+            with atomic.partial_folder(dest) as tmp:
+                processor = AutoProcessor.from_pretrained(fp_dir)
+                processor.image_processor.size = {"longest_edge": int(longest_edge)}
+                processor.save_pretrained(tmp)
+    return dest
+
+
 def ensure_variant(choice: ModelChoice, variant: str, *, force: bool = False) -> Path:
     """The complete IR folder of ``variant`` (``fp32``, ``int8``, ``int4``, ``mixed`` or ``mixed-int4``), built
     now if missing.
@@ -84,15 +105,15 @@ def ensure_variant(choice: ModelChoice, variant: str, *, force: bool = False) ->
     if variant not in QUANTIZED_VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose one of {export.VARIANTS}")
     target = export.variant_dir(choice, variant)
-    if export.is_complete(target) and not force:
-        return target
     if variant in COMBINED:
         return combine_submodels(choice, variant, force=force)
+    if export.is_complete(target) and not force:
+        return target
     fp_dir = export.export_fp32(choice)
 
     if variant == "mixed":
         calibration_set = data.load_calibration_dataset(DEFAULT_NUM_SAMPLES)
-        config = default_config("mixed", fp_dir, num_samples=len(calibration_set))
+        config = default_config("mixed", calibration_processor(fp_dir), num_samples=len(calibration_set))
 
         def build(folder: Path) -> None:
             from optimum.intel import OVConfig, OVModelForVisualCausalLM, OVQuantizer
@@ -126,6 +147,17 @@ def combine_submodels(choice: ModelChoice, variant: str, *, force: bool = False)
     sources = {name: ensure_variant(choice, source) for name, source in parts.items()}
     base = sources["language_model"]
     ir_names = {path.name for pair in export.ir_files(base).values() for path in pair}
+    # the sizes of the files it is made of: a source variant rebuilt since (another recipe) makes it stale
+    made_of = {f"{parts[name]}/{path.name}": path.stat().st_size
+               for name, source in sources.items() for path in export.ir_files(source)[name]}
+    target = export.variant_dir(choice, variant)
+    if export.is_complete(target) and not force:
+        config = atomic.read_record(target / "openvino_config.json") or {}
+        if config.get("combined_files") == made_of:
+            return target
+        print(f"{variant} was put together from earlier builds of {', '.join(sorted(set(parts.values())))}; "
+              "rebuilding it.")
+        force = True
 
     def build(folder: Path) -> None:
         for path in base.iterdir():
@@ -142,6 +174,7 @@ def combine_submodels(choice: ModelChoice, variant: str, *, force: bool = False)
             if key in theirs.get("quantization_configs", {}):
                 recipes[key] = theirs["quantization_configs"][key]
         config["combined_from"] = parts
+        config["combined_files"] = made_of
         (folder / "openvino_config.json").write_text(json.dumps(config, indent=2) + "\n")
 
     return build_variant(choice, variant, build, force=force)
@@ -228,6 +261,36 @@ def count_quantized(folder: Path):
                     counts["int4"] += 1
         rows.append({"submodel": name, **counts})
     return pd.DataFrame(rows).set_index("submodel")
+
+
+def activation_ranges(folder: Path, submodel: str = "vision_embeddings_model") -> dict[str, tuple[float, float]]:
+    """``{FakeQuantize node: (lowest, highest)}`` input range that static quantization measured for ``submodel``."""
+    import openvino as ov
+
+    ranges = {}
+    for op in ov.Core().read_model(export.ir_files(folder)[submodel][0]).get_ops():
+        if op.get_type_name() != "FakeQuantize":
+            continue
+        low, high = (op.input_value(i).get_node().get_data() for i in (1, 2))
+        ranges[op.get_friendly_name()] = (float(low.min()), float(high.max()))
+    return ranges
+
+
+def compare_ranges(a: Path, b: Path, submodel: str = "vision_embeddings_model") -> dict:
+    """How far the activation ranges of two static quantizations of the same model differ: per FakeQuantize
+    node present in both, ``|width_a - width_b| / width_a``; its median and largest, and how many nodes."""
+    import statistics
+
+    first, second = activation_ranges(a, submodel), activation_ranges(b, submodel)
+    common = sorted(set(first) & set(second))
+    if not common:
+        raise ValueError(f"{a} and {b} have no FakeQuantize node in common in {submodel}")
+    gaps = []
+    for name in common:
+        width_a, width_b = first[name][1] - first[name][0], second[name][1] - second[name][0]
+        gaps.append(abs(width_a - width_b) / width_a if width_a else float(width_b != 0))
+    return {"nodes": len(common), "median_relative_difference": statistics.median(gaps),
+            "largest_relative_difference": max(gaps)}
 
 
 def count_table(folders: dict[str, Path]):

@@ -8,6 +8,7 @@ child processes, sampled by :class:`helpers.memory.PeakMemory`, with the CPU tim
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -53,6 +54,7 @@ def execute_notebook(path: Path, out_dir: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # the kernels inherit it (helpers/busy.py says why)
     notebooks = sorted((REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     if argv:
         notebooks = [nb for nb in notebooks if any(nb.name.startswith(a) for a in argv)]

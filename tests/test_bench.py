@@ -328,9 +328,13 @@ def test_markdown_tables(tmp_path):
     assert comparison[0].startswith("| comparison | figure") and "12.3x" in comparison[2]
 
 
-def test_every_result_field_is_described():
-    for key in ("machine.read_bandwidth_GB_s", "variants.<v>.lm_bytes_per_token_MB", "scaling.threads",
-                "quality.<v>", "comparison"):
+def test_the_readme_describes_results_json_as_result_fields_does():
+    from helpers.paths import REPO_ROOT
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    table = readme[readme.index("| field | meaning |"):].split("\n\n")[0].splitlines()[2:]
+    assert table == [f"| `{key}` | {meaning} |" for key, meaning in bench.RESULT_FIELDS.items()]
+    for key in ("variants.<v>.stages.<w>", "peer_comparison", "compile_cache.<v>", "quality.<v>", "comparison"):
         assert bench.RESULT_FIELDS[key]
 
 
@@ -403,3 +407,62 @@ def test_a_stage_event_is_given_to_the_token_it_served():
     assert split["per_token"] == pytest.approx({"language_model": 0.1, "text_embeddings": 0.05, "tpot": 0.2,
                                                 "rest": 0.05})
     assert split["vision_per_tile"] == pytest.approx(0.25) and split["e2e"] == pytest.approx(1.45)
+
+
+def test_compile_cache_is_written_then_read(fp32_dir, tmp_path):
+    cache = tmp_path / "ov-cache"
+    times = bench.compile_cache_times(fp32_dir, 2, cache)
+    assert times["first_s"] > 0 and times["cached_s"] > 0
+    blobs = [f for f in cache.rglob("*.blob")]
+    assert blobs and times["cache_MB"] == pytest.approx(sum(f.stat().st_size for f in cache.rglob("*") if f.is_file())
+                                                        / 1e6, rel=1e-3)
+
+
+def test_chat_loads_through_the_compile_cache(fp32_dir, tmp_path, monkeypatch):
+    from helpers import chat
+
+    monkeypatch.setenv("VLM_CACHE", str(tmp_path / "cache"))
+    chat.load_model(fp32_dir)
+    assert list((tmp_path / "cache" / "openvino-compiled").rglob("*.blob"))
+    chat.load_model(fp32_dir, compile_cache=False)  # still loads with the cache switched off
+
+
+def test_decoding_with_a_busy_core_is_measured_in_a_fresh_process(fp32_dir):
+    from helpers import busy
+
+    figures = busy.decode_with_a_busy_core(fp32_dir, 2, "PASSIVE", new_tokens=4, seconds=0.5)
+    assert figures["idle_tok_s"] > 0 and figures["busy_tok_s"] > 0 and figures["wait_policy"] == "PASSIVE"
+    assert figures["loss"] == pytest.approx(1 - figures["busy_tok_s"] / figures["idle_tok_s"])
+    with pytest.raises(RuntimeError, match="busy-core measurement failed"):
+        busy.decode_with_a_busy_core(fp32_dir.parent / "no-such-ir", 2, None, new_tokens=4, seconds=0.5)
+
+
+def test_vision_flops_are_counted_from_the_ir(fp32_dir, pytorch_model):
+    from helpers import stages
+
+    v = pytorch_model.config.vision_config
+    h, inner, layers, patches = v.hidden_size, v.intermediate_size, v.num_hidden_layers, (512 // 16) ** 2
+    encoder = layers * (2 * patches * (4 * h * h + 2 * h * inner) + 2 * 2 * patches * patches * h)
+    patch_embedding = 2 * patches * 3 * 16 * 16 * h
+    text_hidden = pytorch_model.config.text_config.hidden_size
+    connector = 2 * (patches // 16) * (16 * h) * text_hidden  # pixel shuffle by 4, then one linear layer
+    assert stages.vision_flops_per_tile(fp32_dir) == encoder + patch_embedding + connector
+
+
+def test_prefill_flops_grow_with_the_prompt(pytorch_model):
+    from helpers import stages
+
+    c = pytorch_model.config.text_config
+    one, two = stages.prefill_flops(c, 1), stages.prefill_flops(c, 2)
+    head = 2 * c.hidden_size * c.vocab_size
+    assert two - one > one - head > 0  # a second token costs its linear layers and attention over two tokens
+
+
+@pytest.mark.parametrize("precision", ["f32", "bf16", "int8"])
+def test_matmul_peak_is_measured(precision):
+    assert hardware.measure_matmul_gflops(precision, 2, n=256, repeats=3) > 0
+
+
+def test_matmul_peak_refuses_an_unknown_precision():
+    with pytest.raises(ValueError, match="precision must be"):
+        hardware.measure_matmul_gflops("fp8")

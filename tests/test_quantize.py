@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from helpers import data, export, quantize
 from helpers.models import resolve_model
@@ -122,10 +123,53 @@ def test_combined_variant_has_the_static_vision_encoder_and_the_4bit_language_mo
     assert saved["combined_from"] == quantize.COMBINED["mixed-int4"]
     recipes = saved["quantization_config"]["quantization_configs"]
     assert recipes["lm_model"]["bits"] == 4 and "smooth_quant_alpha" in recipes["vision_embeddings_model"]
+    built = (folder / "openvino_config.json").stat().st_mtime_ns
+    assert quantize.ensure_variant(tiny, "mixed-int4") == folder  # complete and current: kept as it is
+    assert (folder / "openvino_config.json").stat().st_mtime_ns == built
     from helpers import chat
 
     model, processor = chat.load_model(folder)
     assert chat.ask(model, processor, "What is in this image?", [data.photo_path("cat")], max_new_tokens=3).new_tokens == 3
+
+
+def test_combined_variant_is_rebuilt_when_a_source_variant_changed(tiny, capsys):
+    from optimum.intel import OVModelForVisualCausalLM, OVWeightQuantizationConfig
+
+    quantize.ensure_variant(tiny, "mixed-int4")
+    fp_dir = export.variant_dir(tiny, "fp32")
+
+    def int4_at_half_ratio(folder):  # "Try this" of notebook 02: half the layers stay 8-bit
+        config = OVWeightQuantizationConfig(bits=4, sym=False, group_size=128, ratio=0.5, group_size_fallback="adjust")
+        OVModelForVisualCausalLM.from_pretrained(str(fp_dir), quantization_config=config, compile=False
+                                                 ).save_pretrained(folder)
+
+    try:
+        quantize.build_variant(tiny, "int4", int4_at_half_ratio, force=True)
+        capsys.readouterr()
+        folder = quantize.ensure_variant(tiny, "mixed-int4")
+        assert "rebuilding it" in capsys.readouterr().out
+        lm = quantize.count_quantized(folder).loc["language_model"]
+        assert lm.equals(quantize.count_quantized(export.variant_dir(tiny, "int4")).loc["language_model"])
+    finally:
+        quantize.ensure_variant(tiny, "int4", force=True)
+
+
+def test_calibration_sees_one_tile_per_photo_and_the_ranges_can_be_compared(tiny, tmp_path):
+    from transformers import AutoProcessor
+
+    from helpers import bench
+
+    fp_dir = export.variant_dir(tiny, "fp32")
+    processor = AutoProcessor.from_pretrained(quantize.calibration_processor(fp_dir))
+    inputs = processor(text=bench.chat_prompt(processor, "What is in this image?"),
+                       images=[Image.open(data.photo_path("cat")).convert("RGB")], return_tensors="pt")
+    assert inputs["pixel_values"].shape[1] == 1  # one 512x512 image instead of 13 tiles
+    mixed = quantize.ensure_variant(tiny, "mixed")
+    same = quantize.compare_ranges(mixed, mixed)
+    assert same["nodes"] == quantize.count_quantized(mixed).loc["vision_embeddings_model", "fake_quantize"]
+    assert same["median_relative_difference"] == 0 == same["largest_relative_difference"]
+    ranges = quantize.activation_ranges(mixed)
+    assert all(low < high for low, high in ranges.values())
 
 
 def test_cost_and_size_tables_describe_the_built_variants(tiny):

@@ -1,0 +1,75 @@
+"""Decoding on a machine that is not idle: one core kept busy by another program, with and without
+``OMP_WAIT_POLICY=PASSIVE``.
+
+A notebook's kernel loads PyTorch and OpenVINO side by side. Between its own operations PyTorch's OpenMP threads
+spin, waiting for work, unless ``OMP_WAIT_POLICY=PASSIVE`` tells them to sleep; on 2 cores, spinning threads,
+OpenVINO's threads and any other program (a browser, a video call) take turns, and every decoding step waits for
+the slowest. OpenVINO's own LLM benchmark (llm_bench) recommends ``PASSIVE`` for that reason. The policy is read
+when PyTorch starts, so each measurement runs in a fresh Python process: it imports torch as the notebooks do,
+loads an OpenVINO IR, times decoding on a text prompt, then starts a busy loop in another process (one core's
+worth) and times it again. ``make`` sets ``OMP_WAIT_POLICY=PASSIVE`` for every notebook and test it runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+_PROBE = r"""
+import json, subprocess, sys, time
+import torch  # as in every notebook: PyTorch's OpenMP pool starts with the policy of this process
+from optimum.intel import OVModelForVisualCausalLM
+from transformers import AutoProcessor
+from helpers import bench, hardware
+
+folder, threads, new_tokens, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+torch.set_num_threads(threads)
+processor = AutoProcessor.from_pretrained(folder)
+inputs = processor(text=bench.chat_prompt(processor, "Write a short story about a cat.", with_image=False),
+                   return_tensors="pt")
+model = OVModelForVisualCausalLM.from_pretrained(folder, device="CPU", ov_config=hardware.openvino_config(threads))
+
+
+def decode_tok_s():
+    bench.time_generation(model, inputs, new_tokens)  # warm-up
+    runs, start = [], time.perf_counter()
+    while not runs or time.perf_counter() - start < seconds:
+        runs.append(bench.time_generation(model, inputs, new_tokens)["decode_tok_s"])
+    return sorted(runs)[len(runs) // 2]
+
+
+idle = decode_tok_s()
+# another program keeps one core busy (bounded, in case this process dies before it can stop it)
+spin = f"import time\nend = time.time() + {10 * seconds + 120}\nwhile time.time() < end: pass"
+busy_loop = subprocess.Popen([sys.executable, "-c", spin])
+try:
+    time.sleep(0.5)
+    busy = decode_tok_s()
+finally:
+    busy_loop.kill()
+    busy_loop.wait()
+print(json.dumps({"idle_tok_s": idle, "busy_tok_s": busy}))
+"""
+
+
+def decode_with_a_busy_core(folder: Path, threads: int, wait_policy: str | None, *, new_tokens: int = 32,
+                            seconds: float = 5.0) -> dict:
+    """Median decode tokens/s of the IR in ``folder`` on a text prompt, idle and then with one core kept busy,
+    in a fresh process whose ``OMP_WAIT_POLICY`` is ``wait_policy`` (``None``: unset, the OpenMP default);
+    each figure from as many generations as fit in ``seconds`` after a warm-up. Adds ``loss``, the share of the
+    idle speed the busy core cost."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if wait_policy:
+        env["OMP_WAIT_POLICY"] = wait_policy
+    done = subprocess.run([sys.executable, "-c", _PROBE, str(folder), str(threads), str(new_tokens), str(seconds)],
+                          capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parent.parent,
+                          timeout=1800)
+    if done.returncode != 0:
+        raise RuntimeError(f"the busy-core measurement failed:\n{done.stderr.strip()[-1500:]}")
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    figures["loss"] = 1.0 - figures["busy_tok_s"] / figures["idle_tok_s"]
+    figures["wait_policy"] = wait_policy or "unset (OpenMP default)"
+    return figures
