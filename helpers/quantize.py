@@ -147,8 +147,8 @@ def combine_submodels(choice: ModelChoice, variant: str, *, force: bool = False)
     sources = {name: ensure_variant(choice, source) for name, source in parts.items()}
     base = sources["language_model"]
     ir_names = {path.name for pair in export.ir_files(base).values() for path in pair}
-    # the sizes of the files it is made of: a source variant rebuilt since (another recipe) makes it stale
-    made_of = {f"{parts[name]}/{path.name}": path.stat().st_size
+    # size and time of the files it is made of: a source variant rebuilt since (another recipe) makes it stale
+    made_of = {f"{parts[name]}/{path.name}": [path.stat().st_size, path.stat().st_mtime_ns]
                for name, source in sources.items() for path in export.ir_files(source)[name]}
     target = export.variant_dir(choice, variant)
     if export.is_complete(target) and not force:
