@@ -94,7 +94,8 @@ RESULT_FIELDS = {
     "vision_per_tile, per_token (language_model, text_embeddings, rest; together tpot, the mean decoding step), e2e",
     "variants.<v>.error": "present when a variant could not be measured, with the reason",
     "comparison": "speed-ups (TTFT: slower/faster; decode: faster/slower) of OpenVINO FP32 over PyTorch FP32 and "
-    "BF16, and of INT8, INT4 and mixed + INT4 over the FP32 IR; rows: comparison, figure, source (blog workload; null where "
+    "BF16, and of INT8, INT4 and mixed + INT4 over the FP32 IR; rows: comparison, figure, source (blog workload; "
+    "null where "
     "the source had no such pair), ours (blog), ours (photo)",
     "peer_comparison": "OpenVINO against llama.cpp per workload: pairs at about the same bits per weight (FP32 IR, "
     "which computes in bf16 on CPUs with bf16 instructions, and F16; INT8 and Q8_0; INT4 and Q4_0), then the "
@@ -110,6 +111,9 @@ RESULT_FIELDS = {
     "busy_core": "decode tokens/s of the variant named (OpenVINO INT4) on a text prompt in a fresh process, idle "
     "(idle_tok_s) and with another program keeping one core busy (busy_tok_s), and loss, the share of the idle "
     "speed lost; once with OMP_WAIT_POLICY unset and once PASSIVE (policies)",
+    "recommendation": "which variant to pick, derived from the figures: for photos (lowest photo TTFT) and for long "
+    "answers (fastest text decoding) among the variants whose answer similarity is at least 0.90; each with its "
+    "figure, similarity and the runner-up",
     "scaling.tiles": "per variant: TTFT (median, s) for one photo scaled to longest_edge 512/1024/1536/2048 px "
     "(rows: longest_edge, image_tiles, image_tokens, prompt_tokens, ttft_s)",
     "scaling.context": "per variant: TPOT and TTFT (medians, s) of text-only prompts of context_tokens tokens "
@@ -171,7 +175,8 @@ def plan(quick: bool | None = None) -> Plan:
     (``make run``; about 20 minutes for notebook 04 with the 256M model on 2 cores, most of it PyTorch)."""
     quick = quick_mode() if quick is None else quick
     if quick:
-        return Plan(warmup=1, iterations={"blog": 2, "photo": 2, "text": 2}, tile_edges=(512, 1024), context_lengths=(64, 256),
+        return Plan(warmup=1, iterations={"blog": 2, "photo": 2, "text": 2}, tile_edges=(512, 1024),
+                    context_lengths=(64, 256),
                     thread_counts=thread_counts(), sweep_iterations=1, eval_samples=3, text_samples=3,
                     eval_new_tokens=8, stage_iterations=1)
     return Plan(warmup=1, iterations={"blog": 10, "photo": 3, "text": 5}, tile_edges=(512, 1024, 1536, 2048),
@@ -435,8 +440,9 @@ def measure_variant(candidate: Candidate, prepared: dict[str, PreparedWorkload],
     :mod:`helpers.stages`), then call ``then(model)`` while the model is still loaded.
 
     Returns ``(record, then_result)``. The record holds load + compile time, peak memory, IR size, bytes read
-    per token and, per workload, TTFT/TPOT/decode/e2e summaries and (``stages``) where the time went. The model is freed before returning. A
-    variant that fails is recorded with ``error`` instead of stopping the whole benchmark.
+    per token and, per workload, TTFT/TPOT/decode/e2e summaries and (``stages``) where the time went. The model
+    is freed before returning. A variant that fails is recorded with ``error`` instead of stopping the whole
+    benchmark.
     """
     record: dict = {"label": candidate.label, "backend": candidate.backend, "threads": threads,
                     "ir_size_MB": None}
@@ -509,6 +515,27 @@ def compile_cache_times(folder: Path, threads: int, cache_dir: Path) -> dict:
     size = sum(f.stat().st_size for f in Path(cache_dir).rglob("*") if f.is_file())
     return {"first_s": significant(seconds[0]), "cached_s": significant(seconds[1]),
             "cache_MB": significant(size / 1e6)}
+
+
+def recommend(results: dict, floor: float = 0.90) -> dict[str, dict]:
+    """Which measured variant to pick, derived from the figures: for photos (lowest median TTFT on the photo
+    workload) and for long answers (highest decode tokens/s on the text workload), among the variants whose
+    answer similarity to the reference stays at or above ``floor``; each pick with its figure and the runner-up.
+    A workload nobody measured is left out."""
+    quality = results.get("quality", {})
+    picks = {}
+    for purpose, workload, figure, best in (("photos", "photo", "ttft_s", min),
+                                            ("long answers", "text", "decode_tok_s", max)):
+        measured = {k: r["workloads"][workload][figure]["median"] for k, r in results["variants"].items()
+                    if workload in r.get("workloads", {}) and quality.get(k, {}).get("similarity", 0) >= floor}
+        if not measured:
+            continue
+        ranked = sorted(measured, key=measured.get, reverse=best is max)
+        picks[purpose] = {"variant": ranked[0], "label": results["variants"][ranked[0]]["label"], "workload": workload,
+                          figure: measured[ranked[0]], "similarity": quality[ranked[0]]["similarity"],
+                          "runner_up": ranked[1] if len(ranked) > 1 else None,
+                          "runner_up_" + figure: measured[ranked[1]] if len(ranked) > 1 else None}
+    return picks
 
 
 def summary_line(record: dict) -> str:
@@ -675,7 +702,8 @@ def peer_comparison(records: dict[str, dict], workloads: Sequence[str] = ("blog"
             rows.append({"workload": workload, "pair": why, "OpenVINO": ov, "llama.cpp": cpp,
                          "TTFT (s), OpenVINO": median(ov, workload, "ttft_s"),
                          "TTFT (s), llama.cpp": median(cpp, workload, "ttft_s"),
-                         "TTFT speed-up": _round(ratio(median(cpp, workload, "ttft_s"), median(ov, workload, "ttft_s"))),
+                         "TTFT speed-up": _round(ratio(median(cpp, workload, "ttft_s"),
+                                                       median(ov, workload, "ttft_s"))),
                          "decode (tok/s), OpenVINO": median(ov, workload, "decode_tok_s"),
                          "decode (tok/s), llama.cpp": median(cpp, workload, "decode_tok_s"),
                          "decode speed-up": _round(ratio(median(ov, workload, "decode_tok_s"),

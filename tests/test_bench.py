@@ -466,3 +466,19 @@ def test_matmul_peak_is_measured(precision):
 def test_matmul_peak_refuses_an_unknown_precision():
     with pytest.raises(ValueError, match="precision must be"):
         hardware.measure_matmul_gflops("fp8")
+
+
+def test_the_recommendation_follows_the_figures_and_the_quality_floor():
+    def rec(ttft: float, decode: float) -> dict:
+        fig = lambda v: {"median": v}  # noqa: E731
+        return {"label": "x", "workloads": {"photo": {"ttft_s": fig(ttft), "decode_tok_s": fig(decode)},
+                                            "text": {"ttft_s": fig(0.1), "decode_tok_s": fig(decode)}}}
+
+    results = {"variants": {"fp32": rec(9.0, 40.0), "int4": rec(8.0, 60.0), "mixed": rec(6.0, 50.0),
+                            "broken": rec(1.0, 500.0)},
+               "quality": {"fp32": {"similarity": 1.0}, "int4": {"similarity": 0.93}, "mixed": {"similarity": 0.95},
+                           "broken": {"similarity": 0.4}}}
+    picks = bench.recommend(results)
+    assert picks["photos"]["variant"] == "mixed" and picks["photos"]["runner_up"] == "int4"
+    assert picks["long answers"]["variant"] == "int4" and picks["long answers"]["runner_up_decode_tok_s"] == 50.0
+    assert bench.recommend({"variants": {}, "quality": {}}) == {}

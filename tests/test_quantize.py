@@ -129,7 +129,8 @@ def test_combined_variant_has_the_static_vision_encoder_and_the_4bit_language_mo
     from helpers import chat
 
     model, processor = chat.load_model(folder)
-    assert chat.ask(model, processor, "What is in this image?", [data.photo_path("cat")], max_new_tokens=3).new_tokens == 3
+    answer = chat.ask(model, processor, "What is in this image?", [data.photo_path("cat")], max_new_tokens=3)
+    assert answer.new_tokens == 3
 
 
 def test_combined_variant_is_rebuilt_when_a_source_variant_changed(tiny, capsys):
