@@ -92,6 +92,9 @@ RESULT_FIELDS = {
     "medians of separate runs with the clock on, in seconds): first_token (vision: the vision encoder with its "
     "connector, text_embeddings, language_model: the prefill, rest: generate's own Python; together ttft), "
     "vision_per_tile, per_token (language_model, text_embeddings, rest; together tpot, the mean decoding step), e2e",
+    "variants.<v>.other_processes_cpu_share": "share of the machine's CPU (all cores) that other programs used "
+    "while this variant was loaded and timed; above 0.15 the notebook says its figures are slower than on a quiet "
+    "machine",
     "variants.<v>.error": "present when a variant could not be measured, with the reason",
     "comparison": "speed-ups (TTFT: slower/faster; decode: faster/slower) of OpenVINO FP32 over PyTorch FP32 and "
     "BF16, and of INT8, INT4 and mixed + INT4 over the FP32 IR; rows: comparison, figure, source (blog workload; "
@@ -469,6 +472,9 @@ def measure_variant(candidate: Candidate, prepared: dict[str, PreparedWorkload],
     return record, measure_session(record, lambda: candidate.load(threads), run, then)
 
 
+COMPETITION_WARNING = 0.15  # share of the machine's CPU used by other programs above which a record says so
+
+
 def measure_session(record: dict, load: Callable[[], Any], run: Callable[[Any], dict],
                     then: Callable[[Any], Any] | None = None, close: Callable[[Any], None] | None = None) -> Any:
     """The part every runtime's ``measure_variant`` shares: ``load()`` timed (``load_compile_s``),
@@ -479,12 +485,16 @@ def measure_session(record: dict, load: Callable[[], Any], run: Callable[[Any], 
 
     model = result = None
     try:
-        with measure() as memory:
+        with measure() as memory, hardware.CpuCompetition() as others:
             start = time.perf_counter()
             model = load()
             record["load_compile_s"] = significant(time.perf_counter() - start)
             record["workloads"] = run(model)
         record["peak_rss_MB"], record["rss_before_MB"] = memory["peak_rss_MB"], memory["start_rss_MB"]
+        record["other_processes_cpu_share"] = round(others.other_share, 3)
+        if others.other_share > COMPETITION_WARNING:
+            print(f"Note: other programs used {others.other_share:.0%} of this machine's CPU while {record['label']} "
+                  "was measured; its figures are slower than on a quiet machine.")
         if then is not None:
             result = then(model)
     except Exception as err:  # one broken variant must not cost the whole run; the record says what happened

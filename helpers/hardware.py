@@ -160,6 +160,35 @@ def openvino_compiles(folder: Path, config: dict, submodel: str = "openvino_lang
     return _openvino_compiles(str(xml.resolve()), json.dumps(config, sort_keys=True))
 
 
+class CpuCompetition:
+    """Context manager: the share of the machine's CPU that *other* processes used while the block ran
+    (``other_share``, 0 to 1 of all cores), from the kernel's CPU-time counters: cheap, nothing is sampled.
+
+    Measurements on a shared machine are only as good as its quiet moments; a benchmark records this beside each
+    figure and says so when another program competed.
+    """
+
+    def _busy_and_own(self) -> tuple[float, float]:
+        import psutil
+
+        times = psutil.cpu_times()
+        busy = sum(times) - times.idle - getattr(times, "iowait", 0.0)
+        own = psutil.Process().cpu_times()
+        return busy, own.user + own.system + own.children_user + own.children_system
+
+    def __enter__(self) -> "CpuCompetition":
+        self._start = time.perf_counter()
+        self._busy, self._own = self._busy_and_own()
+        self.other_share = 0.0
+        return self
+
+    def __exit__(self, *exc) -> None:
+        wall = time.perf_counter() - self._start
+        busy, own = self._busy_and_own()
+        others = max(0.0, (busy - self._busy) - (own - self._own))
+        self.other_share = min(1.0, others / (wall * (os.cpu_count() or 1))) if wall > 0 else 0.0
+
+
 def _matmul_model(n: int, int8: bool):
     """An OpenVINO model of one ``n x n`` by ``n x n`` matrix product; with ``int8``, both inputs quantized as
     static quantization leaves them (unsigned 8-bit activations, signed 8-bit weights), so the CPU plugin

@@ -96,3 +96,23 @@ def test_cache_sizes_and_a_bandwidth_array_beyond_them():
     assert 1024 <= array_mb <= 4096
     assert array_mb >= min(4 * max(sizes.values(), default=0), 4096)
     assert hardware.machine()["cache_MB"] == sizes
+
+
+def test_cpu_competition_sees_another_busy_program_and_not_our_own_work():
+    import subprocess
+    import sys
+    import time
+
+    with hardware.CpuCompetition() as quiet:
+        end = time.perf_counter() + 1.0
+        while time.perf_counter() < end:  # our own work does not count
+            pass
+    spin = "import time\nend = time.time() + 1.5\nwhile time.time() < end: pass"
+    other = subprocess.Popen([sys.executable, "-c", spin])
+    try:
+        with hardware.CpuCompetition() as busy:
+            time.sleep(1.0)
+    finally:
+        other.wait()
+    assert 0.0 <= quiet.other_share < busy.other_share <= 1.0
+    assert busy.other_share > 0.5 / (hardware.os.cpu_count() or 1)  # one core of this machine's was busy
