@@ -23,6 +23,7 @@ IMAGES_DIR = DATA_DIR / "images"
 CALIBRATION_FILE = DATA_DIR / "calibration.jsonl"
 EVAL_FILE = DATA_DIR / "eval.jsonl"
 TEXT_QUESTIONS_FILE = DATA_DIR / "text_questions.jsonl"
+TEXT_CALIBRATION_FILE = DATA_DIR / "calibration_text.jsonl"
 VIDEO_FILE = DATA_DIR / "video" / "slideshow.mp4"
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -65,6 +66,16 @@ def load_calibration_dataset(num_samples: int = 50) -> datasets.Dataset:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     ds = _load_jsonl(CALIBRATION_FILE)
     return ds.select(range(min(num_samples, len(ds))))
+
+
+def load_text_calibration(num_samples: int = 50) -> list[str]:
+    """The first ``min(num_samples, available)`` requests of ``data/calibration_text.jsonl``: text-only prompts
+    (none of them an evaluation question) on which the data-aware 4-bit recipes measure the language model's
+    activations."""
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    rows = datasets.load_dataset("json", data_files=str(TEXT_CALIBRATION_FILE), split="train")
+    return rows["question"][:num_samples]
 
 
 def load_eval_set() -> datasets.Dataset:

@@ -238,7 +238,7 @@ def describe_submodels(folder: Path):
     return pd.DataFrame(rows).set_index("submodel")
 
 
-VARIANTS = ("fp32", "int8", "int4", "mixed", "mixed-int4")  # as exported (notebook 01) and the recipes of notebook 02
+VARIANTS = ("fp32", "int8", "int4", "int4-awq", "int4-ratio", "mixed", "mixed-int4")  # as exported (notebook 01) and the recipes of notebook 02
 
 
 def export_fp32(choice: ModelChoice, *, force: bool = False) -> Path:

@@ -28,7 +28,11 @@ CALIBRATION_LONGEST_EDGE = 512
 # only), so this is what one recipe with both settings would produce, without calibrating a second time.
 COMBINED = {"mixed-int4": {"vision_embeddings_model": "mixed", "text_embeddings_model": "int4",
                            "language_model": "int4"}}
-QUANTIZED_VARIANTS = ("int8", "int4", "mixed", *COMBINED)
+# The data-aware 4-bit recipes measure the language model's activations on text-only prompts
+# (data/calibration_text.jsonl, see :func:`text_calibration`).
+TEXT_CALIBRATED = ("int4-awq", "int4-ratio")
+INT4_RATIO = 0.8  # int4-ratio: the share of the language model's layers in 4 bits; NNCF's sensitivity picks which
+QUANTIZED_VARIANTS = ("int8", "int4", *TEXT_CALIBRATED, "mixed", *COMBINED)
 
 # optimum-intel names the language model "lm_model" in its quantization configs; the IR file and
 # helpers.export call it "language_model".
@@ -46,19 +50,28 @@ _FAKE_OPS = {"FakeQuantize", "FakeConvert"}
 
 
 def default_config(variant: str, processor_dir: Path | None = None, num_samples: int = DEFAULT_NUM_SAMPLES):
-    """The quantization config of recipe ``variant`` (``int8``, ``int4`` or ``mixed``), as notebook 02 builds it.
+    """The quantization config of recipe ``variant`` (one of :data:`QUANTIZED_VARIANTS` but the combined ones),
+    as notebook 02 builds it.
 
     ``mixed`` needs ``processor_dir`` (the processor that turns calibration photos into model inputs:
-    :func:`calibration_processor` bounds their tiles) and ``num_samples`` (how many calibration rows are used).
+    :func:`calibration_processor` bounds their tiles); ``num_samples`` is how many calibration rows the mixed
+    and data-aware recipes use.
     """
     from optimum.intel import OVPipelineQuantizationConfig, OVQuantizationConfig, OVWeightQuantizationConfig
 
+    # optimum-intel's own default 4-bit config for SmolVLM2-256M; "adjust" shrinks the group for rows whose width
+    # is not a multiple of 128 (the real model's hidden size 576; the tiny stand-in's 64).
+    int4 = {"bits": 4, "sym": False, "group_size": 128, "group_size_fallback": "adjust"}
     if variant == "int8":
         return OVWeightQuantizationConfig(bits=8)
     if variant == "int4":
-        # optimum-intel's own default for SmolVLM2-256M; "adjust" shrinks the group for rows whose width is not
-        # a multiple of 128 (the real model's hidden size 576; the tiny stand-in's 64).
-        return OVWeightQuantizationConfig(bits=4, sym=False, group_size=128, ratio=1.0, group_size_fallback="adjust")
+        return OVWeightQuantizationConfig(ratio=1.0, **int4)
+    if variant == "int4-awq":
+        return OVWeightQuantizationConfig(ratio=1.0, quant_method="awq", scale_estimation=True,
+                                          num_samples=num_samples, **int4)
+    if variant == "int4-ratio":
+        return OVWeightQuantizationConfig(ratio=INT4_RATIO, sensitivity_metric="hessian_input_activation",
+                                          num_samples=num_samples, **int4)
     if variant == "mixed":
         if processor_dir is None:
             raise ValueError("the mixed recipe needs processor_dir, the folder of the processor for calibration")
@@ -93,9 +106,31 @@ def calibration_processor(fp_dir: Path, longest_edge: int = CALIBRATION_LONGEST_
     return dest
 
 
+def text_calibration(model, processor, prompts: Sequence[str]):
+    """Calibration data for the language model of ``model`` (an ``OVModelForVisualCausalLM``): what it receives
+    when asked each of ``prompts`` without an image, as an ``OVCalibrationDataset`` for ``OVQuantizer.quantize``.
+
+    Written here because Optimum Intel's own builder for vision-language models
+    (``OVCalibrationDatasetBuilder._prepare_visual_causal_lm_calibration_data``) needs a photo in every row; these
+    are its steps without one. Text only, because a stand-in's vision encoder is random: image tokens would show
+    the real language model activations it never meets in the text it is scored on.
+    """
+    import nncf
+    from optimum.intel import OVCalibrationDataset
+
+    rows = []
+    for prompt in prompts:
+        text = processor.apply_chat_template(chat.user_message(prompt, n_images=0), add_generation_prompt=True)
+        inputs = processor(text=text, return_tensors="pt")
+        embeds, mask, positions, *_ = model.get_multimodal_embeddings(**inputs)
+        rows.append(model.language_model.prepare_inputs(input_ids=None, attention_mask=mask,
+                                                        position_ids=positions, inputs_embeds=embeds))
+    return OVCalibrationDataset({"lm_model": nncf.Dataset(rows)})
+
+
 def ensure_variant(choice: ModelChoice, variant: str, *, force: bool = False) -> Path:
-    """The complete IR folder of ``variant`` (``fp32``, ``int8``, ``int4``, ``mixed`` or ``mixed-int4``), built
-    now if missing.
+    """The complete IR folder of ``variant`` (``fp32`` or one of :data:`QUANTIZED_VARIANTS`), built now if
+    missing.
 
     Uses the recipes of notebook 02 (:func:`default_config`) on the FP32 IR, which is exported first if needed.
     A complete folder is reused as it is; builds are atomic (:func:`helpers.export.build_atomically`).
@@ -121,6 +156,21 @@ def ensure_variant(choice: ModelChoice, variant: str, *, force: bool = False) ->
             model = OVModelForVisualCausalLM.from_pretrained(str(fp_dir), compile=False)
             OVQuantizer(model).quantize(
                 calibration_dataset=calibration_set,
+                ov_config=OVConfig(quantization_config=config),
+                save_directory=folder,
+            )
+
+    elif variant in TEXT_CALIBRATED:
+        prompts = data.load_text_calibration(DEFAULT_NUM_SAMPLES)
+        config = default_config(variant, num_samples=len(prompts))
+
+        def build(folder: Path) -> None:
+            from optimum.intel import OVConfig, OVModelForVisualCausalLM, OVQuantizer
+            from transformers import AutoProcessor
+
+            model = OVModelForVisualCausalLM.from_pretrained(str(fp_dir), compile=False)
+            OVQuantizer(model).quantize(
+                calibration_dataset=text_calibration(model, AutoProcessor.from_pretrained(fp_dir), prompts),
                 ov_config=OVConfig(quantization_config=config),
                 save_directory=folder,
             )
@@ -261,6 +311,23 @@ def count_quantized(folder: Path):
                     counts["int4"] += 1
         rows.append({"submodel": name, **counts})
     return pd.DataFrame(rows).set_index("submodel")
+
+
+def changed_weights(a: Path, b: Path, submodel: str = "language_model") -> int:
+    """How many compressed (int8 or int4) weight constants of ``submodel`` hold different values in the IRs of
+    folders ``a`` and ``b`` (matched by name): a data-aware recipe that silently did nothing changes none of
+    the data-free recipe's."""
+    import numpy as np
+    import openvino as ov
+
+    def compressed(folder: Path) -> dict:
+        return {op.get_friendly_name(): op for op in ov.Core().read_model(export.ir_files(folder)[submodel][0]).get_ops()
+                if op.get_type_name() == "Constant"
+                and op.get_output_element_type(0).get_type_name() in _INT8_TYPES | _INT4_TYPES}
+
+    first, second = compressed(a), compressed(b)
+    return sum(not np.array_equal(first[name].get_data(), second[name].get_data())
+               for name in first.keys() & second.keys())
 
 
 def activation_ranges(folder: Path, submodel: str = "vision_embeddings_model") -> dict[str, tuple[float, float]]:

@@ -98,6 +98,54 @@ def test_int4_recipe_puts_4bit_weights_in_the_language_model_only(tiny):
     assert (counts["fake_quantize"] == 0).all()
 
 
+def test_awq_recipe_keeps_int4s_graph_but_changes_its_weights(tiny):
+    plain = quantize.ensure_variant(tiny, "int4")
+    folder = quantize.ensure_variant(tiny, "int4-awq")
+    assert quantize.count_quantized(folder).equals(quantize.count_quantized(plain))
+    changed = quantize.changed_weights(folder, plain)
+    assert changed > 0 and quantize.changed_weights(plain, plain) == 0
+    # only the language model was calibrated: the 8-bit submodels are int4's, constant for constant
+    assert quantize.changed_weights(folder, plain, "vision_embeddings_model") == 0
+    saved = json.loads((folder / "openvino_config.json").read_text())["quantization_config"]
+    assert saved["quant_method"] == "awq" and saved["scale_estimation"] is True
+    assert saved["num_samples"] == len(data.load_text_calibration()) == 32
+
+
+def test_ratio_recipe_keeps_the_most_sensitive_layers_in_8_bits(tiny):
+    plain = quantize.count_quantized(quantize.ensure_variant(tiny, "int4"))
+    counts = quantize.count_quantized(quantize.ensure_variant(tiny, "int4-ratio"))
+    lm = "language_model"
+    assert 0 < counts.loc[lm, "int4"] < plain.loc[lm, "int4"]
+    assert counts.loc[lm, "int8"] > plain.loc[lm, "int8"]
+    assert counts.drop(index=lm).equals(plain.drop(index=lm))
+    assert quantize.default_config("int4-ratio").ratio == quantize.INT4_RATIO < 1
+
+
+def test_text_calibration_holds_what_the_language_model_receives(tiny, tiny_processor):
+    from optimum.intel import OVModelForVisualCausalLM
+
+    model = OVModelForVisualCausalLM.from_pretrained(str(quantize.ensure_variant(tiny, "fp32")), compile=False)
+    prompts = data.load_text_calibration(3)
+    calibration = quantize.text_calibration(model, tiny_processor, prompts)
+    assert list(calibration) == ["lm_model"]
+    rows = list(calibration["lm_model"].get_inference_data())
+    assert len(rows) == 3
+    for prompt, row in zip(prompts, rows):
+        tokens = len(tiny_processor(text=tiny_processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "text", "text": prompt}]}], add_generation_prompt=True))["input_ids"][0])
+        assert row["inputs_embeds"].shape == (1, tokens, model.config.text_config.hidden_size)
+        assert row["attention_mask"].shape == row["position_ids"].shape == (1, tokens)
+
+
+def test_text_calibration_set_is_apart_from_the_scored_questions():
+    prompts = data.load_text_calibration()
+    scored = {q.lower() for q in data.load_text_questions()["question"]}
+    assert len(prompts) == len(set(prompts)) == 32 and not scored & {p.lower() for p in prompts}
+    assert data.load_text_calibration(5) == prompts[:5]
+    with pytest.raises(ValueError, match="num_samples must be >= 1"):
+        data.load_text_calibration(0)
+
+
 def test_mixed_recipe_quantizes_vision_activations_only(tiny):
     folder = quantize.ensure_variant(tiny, "mixed")
     counts = quantize.count_quantized(folder)
