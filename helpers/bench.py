@@ -104,6 +104,9 @@ RESULT_FIELDS = {
     "which computes in bf16 on CPUs with bf16 instructions, and F16; INT8 and Q8_0; INT4 and Q4_0), then the "
     "fastest of each; both runtimes' TTFT and decode medians and "
     "OpenVINO's speed-ups (above 1: OpenVINO is faster)",
+    "generate_vs_direct.<v>": "OpenVINO variants on the text workload: median TTFT and TPOT (ttft_s, tpot_s) of "
+    "optimum-intel's generate and of a plain greedy loop over the same compiled requests (helpers/greedy.py), "
+    "which chose the same tokens (same_tokens); gap, how much longer generate's TPOT is (0.1: 10%)",
     "compile_cache.<v>": "OpenVINO variants: load + compile with OpenVINO's compile cache (CACHE_DIR) in an empty "
     "folder, first_s (compiles and writes the compiled model) and cached_s (reads it back), and cache_MB, what "
     "the cache holds; the main benchmark's load_compile_s uses no cache",
@@ -114,6 +117,9 @@ RESULT_FIELDS = {
     "busy_core": "decode tokens/s of the variant named (OpenVINO INT4) on a text prompt in a fresh process, idle "
     "(idle_tok_s) and with another program keeping one core busy (busy_tok_s), and loss, the share of the idle "
     "speed lost; once with OMP_WAIT_POLICY unset and once PASSIVE (policies)",
+    "four_bit_vs_int4.<v>": "the data-aware 4-bit variants (int4-awq, int4-ratio) against plain INT4 on the same "
+    "questions: per figure (token_agreement, kl_mean; text_accuracy with a real language model) the mean "
+    "difference (theirs minus INT4's), its 95% paired bootstrap interval (ci) and real (the interval leaves out 0)",
     "recommendation": "which variant to pick, derived from the figures: for photos (lowest photo TTFT) and for long "
     "answers (fastest text decoding) among the variants whose answer similarity is at least 0.90; each with its "
     "figure, similarity and the runner-up",
@@ -291,8 +297,8 @@ def context_inputs(processor, length: int):
 
 
 class TokenTimes:
-    """A ``generate`` streamer that records when each new token arrives: the course's one token clock (the chat's
-    streaming answer wraps it too, :func:`helpers.chat.stream_answer`).
+    """A ``generate`` streamer that records when each new token arrives (the chat's own loop,
+    :func:`helpers.chat.stream_answer`, stamps each token the same way: when it is chosen).
 
     ``generate`` first hands the streamer the prompt, then each new token as soon as it is chosen; we skip the
     prompt and keep a ``time.perf_counter()`` stamp per token.

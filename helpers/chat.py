@@ -1,7 +1,8 @@
 """Asking SmolVLM about images and a video: load a variant on a device, build inputs, stream the answer, time it.
 
 Notebook 03 shows the calls themselves (messages, ``apply_chat_template``, the processor, ``generate``,
-``batch_decode``); these functions do the same with the checks a user of a playground needs, so bad input
+``batch_decode``); these functions do the same (with a faster loop that picks the same tokens as ``generate``,
+:mod:`helpers.greedy`) with the checks a user of a playground needs, so bad input
 ends in one clear sentence (:class:`ChatError`, :class:`helpers.images.ImageError`, ``ValueError`` for a
 device) instead of a traceback from deep inside transformers or OpenVINO.
 
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import numbers
 import os
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -216,36 +216,6 @@ class Answer:
         return f"{self.text}\n[{self.stats_line()}]"
 
 
-def _timed_streamer(tokenizer):
-    """A ``TextIteratorStreamer`` that also notes when each new token arrives (transformers' doesn't), with
-    bench's token clock, so the chat and the benchmark time tokens the same way."""
-    from transformers import TextIteratorStreamer
-
-    from helpers.bench import TokenTimes
-
-    class TimedStreamer(TextIteratorStreamer):
-        def __init__(self) -> None:
-            super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
-            self.clock = TokenTimes()
-
-        def put(self, value) -> None:
-            self.clock.put(value)
-            super().put(value)
-
-    return TimedStreamer()
-
-
-def _stop_when(event: threading.Event):
-    import torch
-    from transformers import StoppingCriteria, StoppingCriteriaList
-
-    class StopWhenSet(StoppingCriteria):
-        def __call__(self, input_ids, scores, **kwargs):
-            return torch.full((input_ids.shape[0],), event.is_set(), dtype=torch.bool)
-
-    return StoppingCriteriaList([StopWhenSet()])
-
-
 def stream_answer(
     model,
     processor,
@@ -255,11 +225,19 @@ def stream_answer(
     on_text: Callable[[str], None] | None = None,
     start: float | None = None,
 ) -> Answer:
-    """Greedy ``model.generate`` in a thread; each piece of text goes to ``on_text`` as soon as it is decoded.
+    """The greedy answer to processor output ``inputs``; each piece of text goes to ``on_text`` as soon as it is
+    decoded.
 
-    ``start`` (a ``time.perf_counter()`` value) is where TTFT is counted from (default: now). An error inside
-    ``generate`` is raised here; an interrupted caller (e.g. the notebook's stop button) stops generation too.
+    The tokens are the ones ``model.generate(**inputs, do_sample=False)`` chooses, from a plain loop over the same
+    compiled submodels (:func:`helpers.greedy.greedy_tokens`) that skips transformers' per-token Python (notebook
+    04 measures the difference). ``start`` (a ``time.perf_counter()`` value) is where TTFT is counted from
+    (default: now); each token is timed when it is chosen, as the benchmark's token clock does.
     """
+    import numpy as np
+    from transformers import TextStreamer
+
+    from helpers import greedy
+
     max_new_tokens = check_count("max_new_tokens", max_new_tokens)
     start = time.perf_counter() if start is None else start
     prompt_tokens = int(inputs["input_ids"].shape[1])
@@ -269,31 +247,21 @@ def stream_answer(
             f"The prompt has {prompt_tokens} tokens and with {max_new_tokens} new ones exceeds the {limit} the model "
             "can read: use fewer or smaller images (longest_edge), or a shorter question."
         )
-    streamer, stop, errors = _timed_streamer(processor.tokenizer), threading.Event(), []
+    pieces: list[str] = []
 
-    def generate() -> None:
-        try:
-            model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer,
-                           stopping_criteria=_stop_when(stop))
-        except BaseException as err:  # handed to the caller below; end the stream so its loop doesn't wait forever
-            errors.append(err)
-            streamer.end()
+    class Pieces(TextStreamer):  # transformers' streamer decides when a piece of text is complete (whole words)
+        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            if text:
+                pieces.append(text)
+                if on_text is not None:
+                    on_text(text)
 
-    thread = threading.Thread(target=generate, daemon=True)
-    thread.start()
-    pieces = []
-    try:
-        for piece in streamer:
-            pieces.append(piece)
-            if on_text is not None and piece:
-                on_text(piece)
-    finally:
-        stop.set()
-        thread.join()
-    if errors:
-        raise errors[0]
+    streamer, times = Pieces(processor.tokenizer, skip_special_tokens=True), []
+    for token in greedy.greedy_tokens(model, inputs, max_new_tokens):
+        times.append(time.perf_counter())
+        streamer.put(np.array([token]))
+    streamer.end()
     total = time.perf_counter() - start
-    times = streamer.clock.times
     pixel_values = inputs.get("pixel_values")
     return Answer(
         text="".join(pieces).strip(),

@@ -26,7 +26,7 @@ from pathlib import Path
 # CPU flags (as /proc/cpuinfo spells them) that decide which fast paths PyTorch and OpenVINO can take.
 INTERESTING_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "avx_vnni")
 PACKAGES = ("torch", "transformers", "optimum", "optimum-intel", "openvino", "nncf", "numpy",
-            "sentence-transformers", "llama_cpp_python")
+            "openvino-genai", "sentence-transformers", "llama_cpp_python")
 
 
 def _cpuinfo() -> dict[str, str]:
@@ -207,7 +207,7 @@ def _matmul_model(n: int, int8: bool):
     return ov.Model([ops.matmul(a, b, False, True)], [x])
 
 
-def measure_matmul_gflops(precision: str, threads: int | None = None, n: int = 1024, repeats: int = 10) -> float:
+def measure_matmul_gflops(precision: str, threads: int | None = None, n: int = 2048, repeats: int = 10) -> float:
     """What this CPU computes at most, in GFLOP/s: one ``n x n`` matrix product compiled by OpenVINO in
     ``precision`` (``"f32"``, ``"bf16"`` or ``"int8"``) with ``threads`` threads, best of ``repeats`` runs.
 

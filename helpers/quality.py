@@ -306,6 +306,30 @@ def differs_from_reference(row: dict, name: str = "text_accuracy") -> bool | Non
     return interval[0] > 0 or interval[1] < 0
 
 
+def paired_difference(answers: dict[str, list[Answer]], samples: list[Sample], key: str, baseline: str, *,
+                      text_accuracy: bool) -> dict[str, dict]:
+    """``key`` against ``baseline`` on the same questions: per figure (token agreement and KL against the reference,
+    all questions; text accuracy when ``text_accuracy``), the mean of ``key``'s minus ``baseline``'s, its 95%
+    paired bootstrap interval, and ``real``: whether the interval leaves out 0 (else the two can't be told apart
+    on these questions). Both must be scored against the same reference (:func:`run` with ``reference``)."""
+    mine, theirs = answers[key], answers[baseline]
+    per_question = {
+        "token_agreement": lambda outs: [a.scores["token_agreement"] for a in outs],
+        "kl_mean": lambda outs: [a.scores["kl_mean"] for a in outs],
+    }
+    if text_accuracy:
+        per_question["text_accuracy"] = lambda outs: [float(is_correct(a.text, s.answer))
+                                                      for a, s in zip(outs, samples) if s.kind == "text"]
+    result = {}
+    for name, values in per_question.items():
+        differences = [m - t for m, t in zip(values(mine), values(theirs))]
+        if not differences:
+            continue
+        low, high = bootstrap_ci(differences)
+        result[name] = {"difference": _mean(differences), "ci": [low, high], "real": low > 0 or high < 0}
+    return result
+
+
 def answers_table(answers: dict[str, list[Answer]], samples: list[Sample], limit: int = 4, kind: str | None = None):
     """The first ``limit`` questions (of ``kind`` "photo" or "text", or any) with each variant's answer side by
     side (a DataFrame)."""

@@ -203,14 +203,14 @@ def test_video_is_sampled_at_one_frame_per_second(loaded):
     assert answer.tiles == 6 and answer.image_tokens == 6 * 64 and 1 <= answer.new_tokens <= 3
 
 
-def test_a_failing_generate_is_raised_not_hung(loaded, monkeypatch):
+def test_a_failing_model_call_is_raised_not_hung(loaded, monkeypatch):
     model, processor = loaded
     inputs = chat.prepare_inputs(processor, chat.user_message(QUESTION), [CAT], longest_edge=512)
 
-    def broken_generate(**kwargs):
+    def broken(**kwargs):
         raise RuntimeError("the device went away")
 
-    monkeypatch.setattr(model, "generate", broken_generate)
+    monkeypatch.setattr(model, "get_multimodal_embeddings", broken)
     outcome = {}
 
     def run():
@@ -222,8 +222,24 @@ def test_a_failing_generate_is_raised_not_hung(loaded, monkeypatch):
     worker = threading.Thread(target=run, daemon=True)
     worker.start()
     worker.join(timeout=60)
-    assert not worker.is_alive(), "stream_answer hung after generate failed"
+    assert not worker.is_alive(), "stream_answer hung after the model failed"
     assert outcome == {"error": "the device went away"}
+
+
+@pytest.mark.parametrize("kind", ["text", "photo", "video"])
+def test_the_chat_answers_what_generate_answers(loaded, kind):
+    model, processor = loaded
+    if kind == "video":
+        inputs = chat.prepare_inputs(processor, chat.user_message(QUESTION, n_images=0, video=True), video=data.video_path())
+    else:
+        pictures = [CAT] if kind == "photo" else []
+        inputs = chat.prepare_inputs(processor, chat.user_message(QUESTION, n_images=len(pictures)), pictures,
+                                     longest_edge=512)
+    pieces = []
+    answer = chat.stream_answer(model, processor, inputs, max_new_tokens=12, on_text=pieces.append)
+    output = model.generate(**inputs, max_new_tokens=12, do_sample=False)[0, inputs["input_ids"].shape[1]:]
+    assert answer.text == processor.decode(output, skip_special_tokens=True).strip()
+    assert answer.new_tokens == len(output) and "".join(pieces).strip() == answer.text
 
 
 def test_a_failing_consumer_stops_generation(loaded):

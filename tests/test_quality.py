@@ -217,3 +217,23 @@ def test_score_gives_intervals_and_tells_noise_from_a_real_difference(embedder):
     assert quality.differs_from_reference(scores["ref"]) is False and scores["ref"]["repetition_rate"] == 0
     table = quality.summary_table(scores)
     assert "photo accuracy" not in table.columns and table.loc["worse", "text accuracy"].startswith("0.33 [")
+
+
+def test_paired_difference_tells_a_real_gain_from_noise():
+    text = [quality.Sample("", f"question {i}", "yes", inputs=None, kind="text") for i in range(30)]
+
+    def answers(agreements, kls, right):
+        return [quality.Answer([1], "yes" if ok else "no", scores={"token_agreement": a, "kl_mean": k})
+                for a, k, ok in zip(agreements, kls, right)]
+
+    plain = answers([0.7] * 30, [0.30] * 30, [True] * 15 + [False] * 15)
+    better = answers([0.8] * 30, [0.20] * 30, [True] * 16 + [False] * 14)  # closer on every question; one more right
+    found = quality.paired_difference({"plain": plain, "better": better}, text, "better", "plain", text_accuracy=True)
+    assert found["token_agreement"]["difference"] == pytest.approx(0.1) and found["token_agreement"]["real"]
+    assert found["kl_mean"]["difference"] == pytest.approx(-0.1) and found["kl_mean"]["real"]
+    assert found["kl_mean"]["ci"][1] < 0
+    accuracy = found["text_accuracy"]
+    assert accuracy["difference"] == pytest.approx(1 / 30) and not accuracy["real"]
+    assert accuracy["ci"][0] <= 0 <= accuracy["ci"][1]
+    assert "text_accuracy" not in quality.paired_difference({"plain": plain, "better": better}, text, "better",
+                                                           "plain", text_accuracy=False)

@@ -1,0 +1,111 @@
+"""What ``generate`` costs: the same greedy decoding as a plain loop over OpenVINO's compiled submodels.
+
+Optimum Intel's ``generate`` is transformers' generation loop: per token it prepares inputs, runs the logits
+processors and stopping criteria, updates the cache bookkeeping and calls the streamer, all in Python and
+PyTorch around one call of the compiled language model. :func:`direct_greedy` does only what greedy decoding
+needs (the language model, the text embeddings, an argmax) through the very same compiled requests, so the gap
+between the two is the price of the library's loop. It is written by hand because no library offers a plain
+loop over an Optimum Intel model (OpenVINO GenAI's C++ pipeline has no SmolVLM support).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+# Greedy decoding in transformers also honours these generation-config fields. The loop below applies
+# begin_suppress_tokens and suppress_tokens (the stand-ins set the first), and refuses a config that sets any of
+# these others.
+_NOT_REPLICATED = ("repetition_penalty", "no_repeat_ngram_size", "bad_words_ids", "forced_bos_token_id",
+                   "forced_eos_token_id", "sequence_bias", "encoder_repetition_penalty")
+
+
+def _ids(value) -> list[int]:
+    return [] if value is None else [value] if isinstance(value, int) else list(value)
+
+
+def greedy_tokens(model, inputs, max_new_tokens: int, *, min_new_tokens: int = 0) -> Iterator[int]:
+    """Greedy tokens for processor output ``inputs`` from an ``OVModelForVisualCausalLM``, one at a time as each is
+    chosen, the way ``model.generate(**inputs, max_new_tokens=..., min_new_tokens=..., do_sample=False)`` chooses
+    them: an end-of-turn token is not chosen before ``min_new_tokens`` and ends the answer after (it is yielded,
+    as ``generate`` returns it), ``suppress_tokens`` never, ``begin_suppress_tokens`` not first.
+    """
+    from transformers import GenerationConfig
+
+    config, default = model.generation_config, GenerationConfig()
+    unsupported = [name for name in _NOT_REPLICATED if getattr(config, name, None) != getattr(default, name, None)]
+    if unsupported:
+        raise ValueError(f"the direct loop does not apply {', '.join(unsupported)} from the generation config; "
+                         "compare with generate only for models that leave them unset")
+    ends, never, not_first = (_ids(config.eos_token_id), _ids(config.suppress_tokens),
+                              _ids(config.begin_suppress_tokens))
+    language_model = model.language_model
+    language_model.compile()
+    request = language_model.request
+
+    embeds, mask, positions = model.get_multimodal_embeddings(**inputs)[:3]
+    mask = np.asarray(mask, dtype=np.int64)
+    positions = (np.cumsum(mask, axis=1) - 1) if positions is None else np.asarray(positions, dtype=np.int64)
+    request.reset_state()
+    feed = {"inputs_embeds": np.asarray(embeds), "attention_mask": mask, "position_ids": positions,
+            "beam_idx": np.zeros(1, dtype=np.int32)}
+    for step in range(max_new_tokens):
+        request.infer(feed, share_inputs=True)
+        scores = request.get_tensor("logits").data[0, -1].copy()
+        scores[never + (ends if step < min_new_tokens else []) + (not_first if step == 0 else [])] = -np.inf
+        token = int(scores.argmax())
+        yield token
+        if token in ends:
+            return
+        mask = np.concatenate([mask, np.ones((1, 1), dtype=np.int64)], axis=1)
+        feed = {"inputs_embeds": np.asarray(language_model.embed_tokens(np.array([[token]]))),
+                "attention_mask": mask, "position_ids": positions[:, -1:] + step + 1,
+                "beam_idx": np.zeros(1, dtype=np.int32)}
+
+
+def direct_greedy(model, inputs, new_tokens: int) -> tuple[list[int], float, list[float]]:
+    """Exactly ``new_tokens`` greedy tokens (:func:`greedy_tokens` with ``min_new_tokens = max_new_tokens``), as
+    ``(tokens, start, time of each token)`` (``time.perf_counter()`` values). The first token's time includes
+    the vision encoder and the prefill, as TTFT does for ``generate``."""
+    tokens, times = [], []
+    start = time.perf_counter()
+    for token in greedy_tokens(model, inputs, new_tokens, min_new_tokens=new_tokens):
+        times.append(time.perf_counter())
+        tokens.append(token)
+    return tokens, start, times
+
+
+def _figures(start: float, times: Sequence[float]) -> dict:
+    tpot = (times[-1] - times[0]) / (len(times) - 1)
+    return {"ttft_s": times[0] - start, "tpot_s": tpot}
+
+
+def generate_vs_direct(model, inputs, new_tokens: int, iterations: int) -> dict:
+    """``generate`` and :func:`direct_greedy` on the same inputs, alternating, ``iterations`` timed calls each
+    after one warm-up of each: their median TTFT and TPOT, and ``gap``, how much longer ``generate``'s TPOT is
+    (0.1: 10% longer). Raises ``AssertionError`` if the two choose different tokens."""
+    from helpers.bench import generate_timed
+
+    if new_tokens < 2 or iterations < 1:
+        raise ValueError(f"need new_tokens >= 2 and iterations >= 1, got {new_tokens} and {iterations}")
+    prompt = inputs["input_ids"].shape[1]
+    reference = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                               do_sample=False)[0, prompt:].tolist()
+    tokens = direct_greedy(model, inputs, new_tokens)[0]
+    assert tokens == reference, (f"the direct loop chose other tokens than generate: {tokens[:8]}... against "
+                                 f"{reference[:8]}...")
+    runs = {"generate": [], "direct": []}
+    for _ in range(iterations):
+        start, times, _ = generate_timed(model, inputs, new_tokens)
+        runs["generate"].append(_figures(start, times))
+        _, start, times = direct_greedy(model, inputs, new_tokens)
+        runs["direct"].append(_figures(start, times))
+    result = {name: {figure: statistics.median(r[figure] for r in rows) for figure in ("ttft_s", "tpot_s")}
+              for name, rows in runs.items()}
+    result["gap"] = result["generate"]["tpot_s"] / result["direct"]["tpot_s"] - 1
+    result["same_tokens"] = True
+    result["iterations"] = iterations
+    return result
