@@ -7,16 +7,7 @@ import math
 
 import pytest
 
-from helpers import bench, hardware
-from helpers.models import resolve_model
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """The tiny stand-in with its own models folder (never the repository's models/)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VLM_MODELS_DIR", str(tmp_path_factory.mktemp("models")))
-        yield resolve_model("synthetic-tiny")
+from helpers import bench, hardware, report
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +228,7 @@ def test_bandwidth_bound_and_fraction():
 def test_comparison_sets_the_source_ratios_beside_ours():
     records = {"pytorch-fp32": _record("pytorch", 4.0, 2.0), "openvino-fp32": _record("openvino", 0.5, 20.0),
                "openvino-int8": _record("openvino", 0.25, 30.0)}
-    rows = {(r["comparison"], r["figure"]): r for r in bench.comparison(records, workloads=("blog",))}
+    rows = {(r["comparison"], r["figure"]): r for r in report.comparison(records, workloads=("blog",))}
     ov = rows[("OpenVINO FP32 vs PyTorch FP32", "TTFT speed-up")]
     assert ov["source (blog workload)"] == 12.26 and ov["ours (blog)"] == 8.0
     assert rows[("OpenVINO FP32 vs PyTorch FP32", "decode speed-up")]["ours (blog)"] == 10.0
@@ -267,17 +258,17 @@ def _results(tmp_path):
         "scaling": {"tiles": {"openvino-fp32": [{"image_tiles": 1, "ttft_s": 0.5}]},
                     "context": {"openvino-fp32": [{"context_tokens": 64, "tpot_s": 0.05}]},
                     "threads": {"openvino-fp32": rows}},
-        "comparison": bench.comparison(records, workloads=("blog",)),
+        "comparison": report.comparison(records, workloads=("blog",)),
     }
 
 
 def test_results_round_trip_and_a_complete_file_has_no_problems(tmp_path):
     results = _results(tmp_path)
-    path = bench.save_results(results, tmp_path / "run" / "results.json")
+    path = report.save_results(results, tmp_path / "run" / "results.json")
     assert not list(path.parent.glob("*.partial"))
-    loaded = bench.load_results(path)
+    loaded = report.load_results(path)
     assert loaded["workloads"]["blog"]["photo"] == str(tmp_path)  # paths are written as text
-    assert bench.check_results(loaded, ["pytorch-fp32", "openvino-fp32"], ["blog"]) == []
+    assert report.check_results(loaded, ["pytorch-fp32", "openvino-fp32"], ["blog"]) == []
 
 
 def test_figures_of_a_slow_cpu_and_a_tiny_model_pass_the_check(tmp_path):
@@ -288,10 +279,10 @@ def test_figures_of_a_slow_cpu_and_a_tiny_model_pass_the_check(tmp_path):
         r.update(load_compile_s=0.0004, peak_rss_MB=900, ir_size_MB=0.0007)
     bench.add_bandwidth_bound(slow, 200.0)  # 200 GB/s / 0.05 MB = 4 million tokens/s: a fraction of 1e-9
     results["variants"] = slow
-    loaded = bench.load_results(bench.save_results(results, tmp_path / "results.json"))
+    loaded = report.load_results(report.save_results(results, tmp_path / "results.json"))
     fraction = loaded["variants"]["pytorch-fp32"]["workloads"]["blog"]["fraction_of_bound"]
     assert 0 < fraction < 1e-8
-    assert bench.check_results(loaded, ["pytorch-fp32", "openvino-fp32"], ["blog"]) == []
+    assert report.check_results(loaded, ["pytorch-fp32", "openvino-fp32"], ["blog"]) == []
 
 
 @pytest.mark.parametrize("value, expected", [(0.0004321987, 0.0004322), (123456.7, 123500.0), (2.0, 2.0)])
@@ -306,7 +297,7 @@ def test_check_results_names_each_problem(tmp_path):
     del results["quality"]["openvino-fp32"]
     results["variants"]["openvino-fp32"]["stages"]["blog"]["first_token"]["rest"] = -0.1
     del results["variants"]["pytorch-fp32"]["stages"]
-    problems = bench.check_results(results, ["pytorch-fp32", "openvino-fp32", "openvino-int8"], ["blog", "photo"])
+    problems = report.check_results(results, ["pytorch-fp32", "openvino-fp32", "openvino-int8"], ["blog", "photo"])
     text = "\n".join(problems)
     for expected in ("variants.openvino-int8 is missing", "workloads.photo is missing",
                      "variants.openvino-fp32.workloads.blog.tpot_s.median", "variants.pytorch-fp32.load_compile_s",
@@ -318,13 +309,13 @@ def test_check_results_names_each_problem(tmp_path):
 def test_markdown_tables(tmp_path):
     results = _results(tmp_path)
     results["variants"]["openvino-int4"] = {"label": "INT4", "backend": "openvino", "error": "crashed"}
-    table = bench.markdown_table(results, "blog")
+    table = report.markdown_table(results, "blog")
     lines = table.splitlines()
     assert lines[0].startswith("*blog workload") and "stand-in" in lines[0] and "10.0 GB/s" in lines[0]
     rows = [line for line in lines if line.startswith("| ")]
     assert len(rows) == 1 + 3  # header + one row per variant
     assert "crashed" in rows[-1]
-    comparison = bench.comparison_markdown(results).splitlines()
+    comparison = report.comparison_markdown(results).splitlines()
     assert comparison[0].startswith("| comparison | figure") and "12.3x" in comparison[2]
 
 
@@ -333,9 +324,9 @@ def test_the_readme_describes_results_json_as_result_fields_does():
 
     readme = (REPO_ROOT / "README.md").read_text()
     table = readme[readme.index("| field | meaning |"):].split("\n\n")[0].splitlines()[2:]
-    assert table == [f"| `{key}` | {meaning} |" for key, meaning in bench.RESULT_FIELDS.items()]
+    assert table == [f"| `{key}` | {meaning} |" for key, meaning in report.RESULT_FIELDS.items()]
     for key in ("variants.<v>.stages.<w>", "peer_comparison", "compile_cache.<v>", "quality.<v>", "comparison"):
-        assert bench.RESULT_FIELDS[key]
+        assert report.RESULT_FIELDS[key]
 
 
 def test_a_variant_that_fails_is_recorded_with_the_reason(prepared, capsys):
@@ -356,7 +347,7 @@ def test_peer_comparison_pairs_the_same_bits_and_the_fastest_of_each():
     records = {"openvino-fp32": record("openvino", 0.2, 50.0), "openvino-int8": record("openvino", 0.1, 80.0),
                "llamacpp-f16": record("llama.cpp", 0.4, 40.0), "llamacpp-q8_0": record("llama.cpp", 0.05, 100.0),
                "pytorch-fp32": record("pytorch", 0.01, 500.0)}
-    rows = bench.peer_comparison(records, ["text", "photo"])
+    rows = report.peer_comparison(records, ["text", "photo"])
     pairs = [(r["pair"], r["OpenVINO"], r["llama.cpp"]) for r in rows]
     assert pairs == [("same bits per weight", "openvino-fp32", "llamacpp-f16"),
                      ("same bits per weight", "openvino-int8", "llamacpp-q8_0"),
@@ -478,7 +469,7 @@ def test_the_recommendation_follows_the_figures_and_the_quality_floor():
                             "broken": rec(1.0, 500.0)},
                "quality": {"fp32": {"similarity": 1.0}, "int4": {"similarity": 0.93}, "mixed": {"similarity": 0.95},
                            "broken": {"similarity": 0.4}}}
-    picks = bench.recommend(results)
+    picks = report.recommend(results)
     assert picks["photos"]["variant"] == "mixed" and picks["photos"]["runner_up"] == "int4"
     assert picks["long answers"]["variant"] == "int4" and picks["long answers"]["runner_up_decode_tok_s"] == 50.0
-    assert bench.recommend({"variants": {}, "quality": {}}) == {}
+    assert report.recommend({"variants": {}, "quality": {}}) == {}
