@@ -95,8 +95,9 @@ def generate_vs_direct(model, inputs, new_tokens: int, iterations: int) -> dict:
     reference = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                                do_sample=False)[0, prompt:].tolist()
     tokens = direct_greedy(model, inputs, new_tokens)[0]
-    assert tokens == reference, (f"the direct loop chose other tokens than generate: {tokens[:8]}... against "
-                                 f"{reference[:8]}...")
+    if tokens != reference:
+        raise AssertionError(f"the direct loop chose other tokens than generate: {tokens[:8]}... against "
+                             f"{reference[:8]}...")
     runs = {"generate": [], "direct": []}
     for _ in range(iterations):
         start, times, _ = generate_timed(model, inputs, new_tokens)

@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+from helpers import chat, devices, export, models
+
 os.environ.setdefault("VLM_MODEL", "synthetic-tiny")
 
 
@@ -30,3 +32,38 @@ def smollm2_standin():
     from helpers.models import ensure_standin
 
     return ensure_standin("smollm2-256m")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """The tiny stand-in (a ``ModelChoice``) with a models folder of this test module's own, so its builds never
+    touch the repository's ``models/`` or another module's."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("VLM_MODELS_DIR", str(tmp_path_factory.mktemp("models")))
+        yield models.resolve_model("synthetic-tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny_fp32(tiny):
+    """The FP32 IR folder of :func:`tiny`, exported once per module."""
+    return export.export_fp32(tiny)
+
+
+@pytest.fixture(scope="module")
+def tiny_loaded(tiny_fp32):
+    """``(model, processor)`` of the tiny FP32 IR on the CPU, loaded once per module."""
+    return chat.load_model(tiny_fp32, "CPU")
+
+
+def absent_device() -> str:
+    """A device name OpenVINO does not report on this machine."""
+    return next(d for d in ("NPU", "GPU", "GPU.1", "NPU.1") if d not in devices.available_devices())
+
+
+def one_sentence(error_type, call, *args, **kwargs) -> str:
+    """The message of the ``error_type`` that ``call(*args, **kwargs)`` raises, checked to be one sentence."""
+    with pytest.raises(error_type) as err:
+        call(*args, **kwargs)
+    message = str(err.value)
+    assert isinstance(err.value, ValueError) and message.endswith(".") and "\n" not in message
+    return message

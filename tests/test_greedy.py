@@ -5,20 +5,12 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from helpers import bench, chat, export, greedy, models
+from helpers import bench, greedy
 
 
 @pytest.fixture(scope="module")
-def model_and_processor(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("VLM_MODELS_DIR", str(tmp_path_factory.mktemp("models")))
-        folder = export.export_fp32(models.resolve_model("synthetic-tiny"))
-    return chat.load_model(folder, "CPU")
-
-
-@pytest.fixture(scope="module")
-def text_inputs(model_and_processor):
-    _, processor = model_and_processor
+def text_inputs(tiny_loaded):
+    _, processor = tiny_loaded
     return processor(text=bench.chat_prompt(processor, "Tell me about the sea.", with_image=False),
                      return_tensors="pt")
 
@@ -28,8 +20,8 @@ def _generate(model, inputs, n):
     return model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False)[0, prompt:].tolist()
 
 
-def test_same_tokens_as_generate_with_and_without_an_image(model_and_processor, text_inputs):
-    model, processor = model_and_processor
+def test_same_tokens_as_generate_with_and_without_an_image(tiny_loaded, text_inputs):
+    model, processor = tiny_loaded
     photo = bench.image_inputs(processor, Image.new("RGB", (640, 480), "orange"), "What is this?", longest_edge=512)
     for inputs in (text_inputs, photo):
         tokens, start, times = greedy.direct_greedy(model, inputs, 12)
@@ -37,8 +29,8 @@ def test_same_tokens_as_generate_with_and_without_an_image(model_and_processor, 
         assert len(times) == 12 and start < times[0] and times == sorted(times)
 
 
-def test_the_generation_rules_are_followed_as_generate_follows_them(model_and_processor, text_inputs):
-    model, _ = model_and_processor
+def test_the_generation_rules_are_followed_as_generate_follows_them(tiny_loaded, text_inputs):
+    model, _ = tiny_loaded
     free = greedy.direct_greedy(model, text_inputs, 6)[0]
     config = model.generation_config
     saved = config.begin_suppress_tokens, config.eos_token_id
@@ -54,8 +46,8 @@ def test_the_generation_rules_are_followed_as_generate_follows_them(model_and_pr
         config.begin_suppress_tokens, config.eos_token_id = saved
 
 
-def test_a_rule_the_loop_does_not_apply_is_refused(model_and_processor, text_inputs):
-    model, _ = model_and_processor
+def test_a_rule_the_loop_does_not_apply_is_refused(tiny_loaded, text_inputs):
+    model, _ = tiny_loaded
     model.generation_config.repetition_penalty = 1.3
     try:
         with pytest.raises(ValueError, match="does not apply repetition_penalty"):
@@ -64,8 +56,8 @@ def test_a_rule_the_loop_does_not_apply_is_refused(model_and_processor, text_inp
         model.generation_config.repetition_penalty = 1.0
 
 
-def test_generate_vs_direct_reports_both_and_the_gap(model_and_processor, text_inputs):
-    model, _ = model_and_processor
+def test_generate_vs_direct_reports_both_and_the_gap(tiny_loaded, text_inputs):
+    model, _ = tiny_loaded
     found = greedy.generate_vs_direct(model, text_inputs, 8, iterations=2)
     for name in ("generate", "direct"):
         assert 0 < found[name]["ttft_s"] and 0 < found[name]["tpot_s"]

@@ -13,8 +13,18 @@ def test_cpu_facts_are_consistent():
     flags = hardware.cpu_flags()
     assert hardware.supports_bf16() == bool(flags & {"avx512_bf16", "amx_bf16"})
     assert 1 <= hardware.usable_cores() <= (hardware.machine()["logical_cores"] or 1)
-    assert hardware.default_threads() == hardware.usable_cores()
     assert hardware.cpu_model()
+
+
+def test_usable_cores_and_default_threads_follow_the_cpu_affinity():
+    """A container or ``taskset`` limiting the process to one core gives every runtime one thread."""
+    import subprocess
+    import sys
+
+    probe = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); from helpers import hardware; "
+             "print(hardware.usable_cores(), hardware.default_threads())")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["1", "1"]
 
 
 def test_machine_record_has_what_the_results_need():

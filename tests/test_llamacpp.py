@@ -19,21 +19,12 @@ except ImportError:
                 allow_module_level=True)
 
 from helpers import bench, llamacpp
-from helpers.models import ModelChoice
+from helpers.paths import models_dir
 
 @pytest.fixture(scope="module")
-def tiny_choice(tiny_standin):
-    return ModelChoice(requested="synthetic-tiny", source=str(tiny_standin), slug="synthetic-tiny", is_standin=True)
-
-
-@pytest.fixture(scope="module")
-def gguf(tiny_choice, tmp_path_factory):
-    """The tiny model converted into a temporary models folder; yields (folder, the conversion's printout)."""
-    models = tmp_path_factory.mktemp("models")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VLM_MODELS_DIR", str(models))
-        folder = llamacpp.convert(tiny_choice, threads=2)
-        yield folder, models
+def gguf(tiny):
+    """The tiny model converted into this module's models folder: (GGUF folder, the models folder)."""
+    return llamacpp.convert(tiny, threads=2), models_dir()
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +62,9 @@ def test_workload_image_tokens():
 
 
 @pytest.mark.slow
-def test_conversion_files_and_skip(gguf, tiny_choice, monkeypatch, capsys):
+def test_conversion_files_and_skip(gguf, tiny, monkeypatch, capsys):
     folder, models = gguf
-    assert folder == models / tiny_choice.slug / "gguf"
+    assert folder == models / tiny.slug / "gguf"
     names = {p.name for p in folder.iterdir()}
     assert names == {"model-f16.gguf", "model-q8_0.gguf", "model-q4_0.gguf", "mmproj-f16.gguf", llamacpp.MARKER}
     assert llamacpp.problems(folder) == []
@@ -92,7 +83,7 @@ def test_conversion_files_and_skip(gguf, tiny_choice, monkeypatch, capsys):
     before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
     monkeypatch.setenv("VLM_MODELS_DIR", str(models))
     capsys.readouterr()
-    assert llamacpp.convert(tiny_choice) == folder
+    assert llamacpp.convert(tiny) == folder
     assert "Skipped" in capsys.readouterr().out
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before
 
@@ -117,11 +108,11 @@ def test_exactly_n_new_tokens(model, photo):
 
 
 @pytest.mark.slow
-def test_tiles_and_tokens_match_transformers(model, tiny_choice):
+def test_tiles_and_tokens_match_transformers(model, tiny):
     from PIL import Image
     from transformers import AutoProcessor
 
-    processor = AutoProcessor.from_pretrained(tiny_choice.source)
+    processor = AutoProcessor.from_pretrained(tiny.source)
     question = "What is in this image?"
     image = Image.open(llamacpp.data.photo_path("cat")).convert("RGB")
     hf = bench.image_inputs(processor, image, question)
@@ -162,14 +153,14 @@ def test_a_missing_file_is_recorded_not_raised(gguf, tmp_path):
 
 
 @pytest.mark.slow
-def test_quality_against_the_pytorch_reference(gguf, tiny_choice, tiny_processor):
+def test_quality_against_the_pytorch_reference(gguf, tiny, tiny_processor):
     import torch
     from transformers import AutoModelForImageTextToText
 
     from helpers import quality
 
     samples = quality.eval_samples(tiny_processor, 1) + quality.text_samples(tiny_processor, 1)
-    reference_model = AutoModelForImageTextToText.from_pretrained(tiny_choice.source, dtype=torch.float32).eval()
+    reference_model = AutoModelForImageTextToText.from_pretrained(tiny.source, dtype=torch.float32).eval()
     reference = quality.run(reference_model, tiny_processor, samples, 6)
     m = llamacpp.load(gguf[0], "f16", threads=2, n_ctx=2048)
     try:

@@ -7,12 +7,6 @@ import math
 import pytest
 
 from helpers import data, quality
-from helpers.models import resolve_model
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return resolve_model("synthetic-tiny")
 
 
 @pytest.fixture(scope="module")

@@ -9,15 +9,6 @@ import pytest
 from PIL import Image
 
 from helpers import data, export, quantize
-from helpers.models import resolve_model
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """The tiny stand-in with its own models folder, so these builds never touch the repository's models/."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VLM_MODELS_DIR", str(tmp_path_factory.mktemp("models")))
-        yield resolve_model("synthetic-tiny")
 
 
 def _write_ir(folder, build_model):
@@ -79,7 +70,7 @@ def test_int8_recipe_compresses_every_submodel_and_is_skipped_when_complete(tiny
     assert (counts["int8"] > 0).all()
     assert (counts["int4"] == 0).all() and (counts["fake_quantize"] == 0).all()
     record = quantize.read_record(folder)
-    assert record["variant"] == "int8" and record["seconds"] >= 0
+    assert record["variant"] == "int8" and record["seconds"] > 0
     assert record["peak_rss_MB"] >= record["start_rss_MB"] > 0
     assert (folder / "preprocessor_config.json").is_file()  # self-contained: the processor is saved with it
 
@@ -229,7 +220,7 @@ def test_cost_and_size_tables_describe_the_built_variants(tiny):
     assert sizes.loc["int8", "total"] < sizes.loc["fp32", "total"]
     assert sizes.loc["fp32", "total"] == pytest.approx(export.ir_size_bytes(folders["fp32"]) / 1e6, abs=0.01)
     costs = quantize.cost_table(tiny, ["int8", "int4"])
-    assert (costs["seconds"] >= 0).all() and (costs["peak memory (MB)"] > 0).all()
+    assert (costs["seconds"] > 0).all() and (costs["peak memory (MB)"] > 0).all()
 
 
 def test_same_model_gives_the_same_answer(tiny):
