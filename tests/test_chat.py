@@ -48,28 +48,28 @@ def test_question_with_a_reserved_marker(tiny_loaded):
 
 def test_more_images_than_places(tiny_loaded):
     _, processor = tiny_loaded
-    message = one_sentence(chat.ChatError, chat.prepare_inputs, processor, chat.userone_sentence(QUESTION, 1), [CAT, COFFEE])
+    message = one_sentence(chat.ChatError, chat.prepare_inputs, processor, chat.user_message(QUESTION, 1), [CAT, COFFEE])
     assert message == ("You passed 2 images but the prompt has places for 1: "
                        "add one {'type': 'image'} entry to the message for each image.")
 
 
 def test_fewer_images_than_places(tiny_loaded):
     _, processor = tiny_loaded
-    message = one_sentence(chat.ChatError, chat.prepare_inputs, processor, chat.userone_sentence(QUESTION, 2), [CAT])
+    message = one_sentence(chat.ChatError, chat.prepare_inputs, processor, chat.user_message(QUESTION, 2), [CAT])
     assert message == ("The prompt has places for 2 images but you passed 1: "
                        "pass one image for each {'type': 'image'} entry.")
 
 
 def test_images_and_video_together(tiny_loaded):
     _, processor = tiny_loaded
-    messages = chat.userone_sentence(QUESTION, 1, video=True)
+    messages = chat.user_message(QUESTION, 1, video=True)
     message = one_sentence(chat.ChatError, chat.prepare_inputs, processor, messages, [CAT], data.video_path())
     assert message.startswith("SmolVLM's processor takes either images or one video")
 
 
 def test_video_place_without_video(tiny_loaded):
     _, processor = tiny_loaded
-    message = one_sentence(chat.ChatError, chat.prepare_inputs, processor, chat.userone_sentence(QUESTION, 0, video=True))
+    message = one_sentence(chat.ChatError, chat.prepare_inputs, processor, chat.user_message(QUESTION, 0, video=True))
     assert message.startswith("The prompt has 1 video place but you passed none")
 
 
@@ -93,7 +93,7 @@ def test_prompt_longer_than_the_model_reads(tiny_loaded):
 
 def test_streamed_answer_equals_plain_generate(tiny_loaded):
     model, processor = tiny_loaded
-    inputs = chat.prepare_inputs(processor, chat.userone_sentence(QUESTION), [CAT])
+    inputs = chat.prepare_inputs(processor, chat.user_message(QUESTION), [CAT])
     output = model.generate(**inputs, max_new_tokens=12, do_sample=False)
     new_ids = output[:, inputs["input_ids"].shape[1]:]
     expected = processor.batch_decode(new_ids, skip_special_tokens=True)[0].strip()
@@ -120,7 +120,7 @@ def test_several_images_cost_their_tiles(tiny_loaded):
 def test_video_is_sampled_at_one_frame_per_second(tiny_loaded):
     model, processor = tiny_loaded
     frames, metadata = images.load_video(data.video_path())
-    inputs = chat.prepare_inputs(processor, chat.userone_sentence(QUESTION, 0, video=True), video=(frames, metadata))
+    inputs = chat.prepare_inputs(processor, chat.user_message(QUESTION, 0, video=True), video=(frames, metadata))
     assert metadata.frames_indices.tolist() == [0, 11, 23, 35, 47, 59]  # 6 s at 1 frame/s
     assert tuple(inputs["pixel_values"].shape[:2]) == (1, 6)
     answer = chat.ask(model, processor, QUESTION, video=data.video_path(), max_new_tokens=3)
@@ -129,7 +129,7 @@ def test_video_is_sampled_at_one_frame_per_second(tiny_loaded):
 
 def test_a_failing_model_call_is_raised_not_hung(tiny_loaded, monkeypatch):
     model, processor = tiny_loaded
-    inputs = chat.prepare_inputs(processor, chat.userone_sentence(QUESTION), [CAT], longest_edge=512)
+    inputs = chat.prepare_inputs(processor, chat.user_message(QUESTION), [CAT], longest_edge=512)
 
     def broken(**kwargs):
         raise RuntimeError("the device went away")
@@ -154,10 +154,10 @@ def test_a_failing_model_call_is_raised_not_hung(tiny_loaded, monkeypatch):
 def test_the_chat_answers_what_generate_answers(tiny_loaded, kind):
     model, processor = tiny_loaded
     if kind == "video":
-        messages = chat.userone_sentence(QUESTION, n_images=0, video=True)
+        messages = chat.user_message(QUESTION, n_images=0, video=True)
         inputs = chat.prepare_inputs(processor, messages, video=data.video_path())
     else:
-        inputs = chat.prepare_inputs(processor, chat.userone_sentence(QUESTION, n_images=0))
+        inputs = chat.prepare_inputs(processor, chat.user_message(QUESTION, n_images=0))
     pieces = []
     answer = chat.stream_answer(model, processor, inputs, max_new_tokens=12, on_text=pieces.append)
     output = model.generate(**inputs, max_new_tokens=12, do_sample=False)[0, inputs["input_ids"].shape[1]:]
