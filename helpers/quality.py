@@ -232,6 +232,16 @@ def bootstrap_ci(values: list[float], resamples: int = 2000, seed: int = 0) -> l
     return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
+def _hits(outs: list[Answer], samples: list[Sample], kind: str) -> list[float]:
+    """1.0 or 0.0 per question of ``kind``: whether the answer holds the expected one (:func:`is_correct`)."""
+    return [float(is_correct(a.text, s.answer)) for a, s in zip(outs, samples) if s.kind == kind]
+
+
+def _leaves_out_zero(interval: list[float]) -> bool:
+    """Whether a 95% interval of a difference leaves out 0: the difference is real, not noise."""
+    return interval[0] > 0 or interval[1] < 0
+
+
 def score(answers: dict[str, list[Answer]], samples: list[Sample], reference_key: str, embedder, *,
           real_vision: bool, real_language_model: bool) -> dict[str, dict]:
     """Per variant: token_agreement, kl_mean, similarity (mean and min), below_floor and repetition_rate (share
@@ -247,10 +257,6 @@ def score(answers: dict[str, list[Answer]], samples: list[Sample], reference_key
     if reference is None:
         raise ValueError(f"no answers from the reference {reference_key!r} (did it fail to run?): nothing to compare with")
     ref_texts = [a.text for a in reference]
-
-    def hits(outs: list[Answer], kind: str) -> list[float]:
-        return [float(is_correct(a.text, s.answer)) for a, s in zip(outs, samples) if s.kind == kind]
-
     results = {}
     for key, outs in answers.items():
         is_reference = key == reference_key
@@ -268,12 +274,12 @@ def score(answers: dict[str, list[Answer]], samples: list[Sample], reference_key
             row[f"{name}_ci"] = bootstrap_ci(values)
         for name, kind, meaningful in (("accuracy", "photo", real_vision),
                                        ("text_accuracy", "text", real_language_model)):
-            mine = hits(outs, kind)
+            mine = _hits(outs, samples, kind)
             row[f"{kind}_questions"] = len(mine)
             row[name] = row[f"{name}_ci"] = row[f"{name}_vs_reference_ci"] = None
             if meaningful and mine:
                 row[name], row[f"{name}_ci"] = _mean(mine), bootstrap_ci(mine)
-                differences = [m - r for m, r in zip(mine, hits(reference, kind))]
+                differences = [m - r for m, r in zip(mine, _hits(reference, samples, kind))]
                 row[f"{name}_vs_reference_ci"] = bootstrap_ci(differences)
         results[key] = row
     return results
@@ -303,7 +309,7 @@ def differs_from_reference(row: dict, name: str = "text_accuracy") -> bool | Non
     interval = row.get(f"{name}_vs_reference_ci")
     if interval is None:
         return None
-    return interval[0] > 0 or interval[1] < 0
+    return _leaves_out_zero(interval)
 
 
 def paired_difference(answers: dict[str, list[Answer]], samples: list[Sample], key: str, baseline: str, *,
@@ -318,15 +324,14 @@ def paired_difference(answers: dict[str, list[Answer]], samples: list[Sample], k
         "kl_mean": lambda outs: [a.scores["kl_mean"] for a in outs],
     }
     if text_accuracy:
-        per_question["text_accuracy"] = lambda outs: [float(is_correct(a.text, s.answer))
-                                                      for a, s in zip(outs, samples) if s.kind == "text"]
+        per_question["text_accuracy"] = lambda outs: _hits(outs, samples, "text")
     result = {}
     for name, values in per_question.items():
         differences = [m - t for m, t in zip(values(mine), values(theirs))]
         if not differences:
             continue
-        low, high = bootstrap_ci(differences)
-        result[name] = {"difference": _mean(differences), "ci": [low, high], "real": low > 0 or high < 0}
+        interval = bootstrap_ci(differences)
+        result[name] = {"difference": _mean(differences), "ci": interval, "real": _leaves_out_zero(interval)}
     return result
 
 
