@@ -224,11 +224,16 @@ def generate_timed(model, inputs, new_tokens: int) -> tuple[float, list[float], 
     return start, clock.times, end
 
 
+def token_figures(start: float, times: Sequence[float], end: float) -> dict:
+    """The figures of one generation from its clock: ``start`` (the call), the time each new token was chosen
+    (at least two) and ``end`` (the return): ttft_s, tpot_s (mean gap between later tokens), decode_tok_s, e2e_s."""
+    tpot = (times[-1] - times[0]) / (len(times) - 1)
+    return {"ttft_s": times[0] - start, "tpot_s": tpot, "decode_tok_s": 1.0 / tpot, "e2e_s": end - start}
+
+
 def time_generation(model, inputs, new_tokens: int) -> dict:
     """One greedy ``generate`` call of exactly ``new_tokens`` tokens: ttft_s, tpot_s, decode_tok_s, e2e_s."""
-    start, times, end = generate_timed(model, inputs, new_tokens)
-    tpot = (times[-1] - times[0]) / (new_tokens - 1)
-    return {"ttft_s": times[0] - start, "tpot_s": tpot, "decode_tok_s": 1.0 / tpot, "e2e_s": end - start}
+    return token_figures(*generate_timed(model, inputs, new_tokens))
 
 
 def significant(value: float, digits: int = 4) -> float:

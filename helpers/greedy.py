@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -78,16 +78,11 @@ def direct_greedy(model, inputs, new_tokens: int) -> tuple[list[int], float, lis
     return tokens, start, times
 
 
-def _figures(start: float, times: Sequence[float]) -> dict:
-    tpot = (times[-1] - times[0]) / (len(times) - 1)
-    return {"ttft_s": times[0] - start, "tpot_s": tpot}
-
-
 def generate_vs_direct(model, inputs, new_tokens: int, iterations: int) -> dict:
     """``generate`` and :func:`direct_greedy` on the same inputs, alternating, ``iterations`` timed calls each
     after one warm-up of each: their median TTFT and TPOT, and ``gap``, how much longer ``generate``'s TPOT is
     (0.1: 10% longer). Raises ``AssertionError`` if the two choose different tokens."""
-    from helpers.bench import generate_timed
+    from helpers.bench import generate_timed, token_figures
 
     if new_tokens < 2 or iterations < 1:
         raise ValueError(f"need new_tokens >= 2 and iterations >= 1, got {new_tokens} and {iterations}")
@@ -100,10 +95,9 @@ def generate_vs_direct(model, inputs, new_tokens: int, iterations: int) -> dict:
                              f"{reference[:8]}...")
     runs = {"generate": [], "direct": []}
     for _ in range(iterations):
-        start, times, _ = generate_timed(model, inputs, new_tokens)
-        runs["generate"].append(_figures(start, times))
+        runs["generate"].append(token_figures(*generate_timed(model, inputs, new_tokens)))
         _, start, times = direct_greedy(model, inputs, new_tokens)
-        runs["direct"].append(_figures(start, times))
+        runs["direct"].append(token_figures(start, times, time.perf_counter()))
     result = {name: {figure: statistics.median(r[figure] for r in rows) for figure in ("ttft_s", "tpot_s")}
               for name, rows in runs.items()}
     result["gap"] = result["generate"]["tpot_s"] / result["direct"]["tpot_s"] - 1

@@ -471,8 +471,7 @@ def time_generation(model: LlamaCppVLM, p: Prompt, new_tokens: int) -> dict:
     tokens, times, start, end = generate(model, p, new_tokens, new_tokens)
     if len(tokens) != new_tokens:
         raise RuntimeError(f"asked for {new_tokens} new tokens, got {len(tokens)}")
-    tpot = (times[-1] - times[0]) / (new_tokens - 1)
-    return {"ttft_s": times[0] - start, "tpot_s": tpot, "decode_tok_s": 1.0 / tpot, "e2e_s": end - start}
+    return bench.token_figures(start, times, end)
 
 
 def image_tokens_for_edge(longest_edge: int | None) -> int | None:
