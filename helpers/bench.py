@@ -71,7 +71,7 @@ def thread_counts(max_threads: int | None = None) -> tuple[int, ...]:
 
 def plan(quick: bool | None = None) -> Plan:
     """The quick plan (tests: a few calls each; about 2 minutes with the tiny stand-in) or the full one
-    (``make run``; about 20 minutes for notebook 04 with the 256M model on 2 cores, most of it PyTorch)."""
+    (``make run``; about an hour for notebook 04 with the 256M model on 2 cores)."""
     quick = quick_mode() if quick is None else quick
     if quick:
         return Plan(warmup=1, iterations={"blog": 2, "photo": 2, "text": 2}, tile_edges=(512, 1024),
