@@ -1,5 +1,6 @@
 # Two commands do everything on a fresh machine (both create .venv on first use):
-#   make run    execute every notebook in order into runs/latest/ (executed .ipynb + HTML, results)
+#   make run    execute every notebook in order into runs/latest/ (executed .ipynb + HTML, results);
+#               FULL=1 for notebook 04's full plan
 #   make test   unit tests of helpers + every notebook executed by nbval with the tiny stand-in
 # Pick the model with VLM_MODEL (see README). Extra: make prefetch, make clean-models.
 
@@ -40,8 +41,9 @@ $(LLAMA_STAMP): | $(STAMP) $(LLAMA_SDIST)
 		--no-cache-dir $(LLAMA_SDIST)
 	@touch $@
 
+# FULL=1: notebook 04's full plan (every contender, longer sweeps: about an hour) instead of the default (~10 min)
 run: $(STAMP) $(LLAMA_STAMP)
-	$(PY) -m helpers.run_series $(NOTEBOOKS)
+	$(if $(FULL),VLM_FULL=$(FULL) )$(PY) -m helpers.run_series $(NOTEBOOKS)
 
 # Tests never touch the network (HF_HUB_OFFLINE=1) and use the tiny stand-in and quick benchmarks.
 test: $(STAMP) $(LLAMA_STAMP) chromium

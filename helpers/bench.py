@@ -1,5 +1,6 @@
-"""Speed benchmark of PyTorch and OpenVINO variants, measured the way the field measures (optimum-benchmark's
-``scenarios/inference`` and OpenVINO GenAI's ``tools/llm_bench``).
+"""Speed benchmark of *contenders* (a runtime, a checkpoint or IR variant, and its settings: PyTorch FP32,
+OpenVINO INT8...), measured the way the field measures (optimum-benchmark's ``scenarios/inference`` and OpenVINO
+GenAI's ``tools/llm_bench``).
 
 Why by hand and not optimum-benchmark: optimum-benchmark 0.6.0 (the current release) has no OpenVINO backend
 for ``image-text-to-text`` (it stops with "OVBackend does not support task image-text-to-text"), and it feeds
@@ -8,7 +9,7 @@ random tensors, while we want real photos through the real processor. What it me
 - warm-up calls first (not counted), then several timed calls; the median and the spread (min, max) of each;
 - greedy, batch 1, a fixed output length (``min_new_tokens = max_new_tokens``);
 - **TTFT**: from the call to ``generate`` to the first new token (vision encoding and prefill included, the
-  processor's resizing and tiling not: that is ``preprocess_s``, the same for every variant);
+  processor's resizing and tiling not: that is ``preprocess_s``, the same for every contender);
 - **TPOT**: the mean gap between later tokens, ``(t_last - t_first) / (n - 1)``; decode tokens/s = 1 / TPOT;
 - **end-to-end**: the whole ``generate`` call; load + compile time; peak memory (RSS, sampled);
 - threads set explicitly (:mod:`helpers.hardware`).
@@ -29,20 +30,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from helpers import data, hardware
+from helpers import chat, data, hardware, images
 
-QUICK_ENV = "VLM_QUICK"
+QUICK_ENV = "VLM_QUICK"  # the test suite sets it: every figure a couple of times, to check that all works
+FULL_ENV = "VLM_FULL"  # `make run FULL=1`: every contender, more iterations, the long sweeps (about an hour)
 TILE_SIZE = 512  # SmolVLM's tile edge in pixels
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
 
 def quick_mode() -> bool:
     """True when ``VLM_QUICK`` is set (the test suite sets it): few iterations and small sweeps."""
-    return os.environ.get(QUICK_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+    return _env_flag(QUICK_ENV)
+
+
+def plan_mode() -> str:
+    """``"quick"`` (``VLM_QUICK=1``, tests), ``"full"`` (``VLM_FULL=1``) or ``"default"`` (a class: minutes)."""
+    return "quick" if quick_mode() else "full" if _env_flag(FULL_ENV) else "default"
 
 
 @dataclass(frozen=True)
 class Plan:
-    """How much the notebook measures. :func:`plan` picks the quick or the full setting."""
+    """How much the notebook measures. :func:`plan` picks the quick, default or full setting."""
 
+    mode: str  # "quick", "default" or "full"
+    contenders: tuple[str, ...] | None  # keys of the contenders measured (None: every one)
+    llamacpp_types: tuple[str, ...]  # GGUF types of the language model measured in llama.cpp
+    side_contenders: tuple[str, ...] | None  # contenders of the side studies: generate vs the direct loop, compile
+    # cache, the tiles/context/threads sweeps (None: every one they apply to)
     warmup: int  # untimed generate calls per workload, before the timed ones
     iterations: dict[str, int]  # timed generate calls per workload
     tile_edges: tuple[int, ...]  # processor longest_edge values for the TTFT-vs-tiles sweep
@@ -53,6 +70,15 @@ class Plan:
     text_samples: int | None  # text questions of data/text_questions.jsonl used for quality (None: all)
     eval_new_tokens: int  # longest answer (tokens) in the quality evaluation
     stage_iterations: int  # runs per workload split into stages (helpers.stages), after the timed ones
+    busy_seconds: float  # timed decoding per measurement of the busy-core test (helpers.busy)
+
+    def measures(self, key: str) -> bool:
+        """True when the contender ``key`` is in this plan."""
+        return self.contenders is None or key in self.contenders
+
+    def side_study(self, key: str) -> bool:
+        """True when the side studies (loop, compile cache, sweeps) cover the contender ``key``."""
+        return self.measures(key) and (self.side_contenders is None or key in self.side_contenders)
 
     def as_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
@@ -69,18 +95,37 @@ def thread_counts(max_threads: int | None = None) -> tuple[int, ...]:
     return tuple(sorted(counts))
 
 
-def plan(quick: bool | None = None) -> Plan:
-    """The quick plan (tests: a few calls each; about 2 minutes with the tiny stand-in) or the full one
-    (``make run``; about an hour for notebook 04 with the 256M model on 2 cores)."""
-    quick = quick_mode() if quick is None else quick
-    if quick:
-        return Plan(warmup=1, iterations={"blog": 2, "photo": 2, "text": 2}, tile_edges=(512, 1024),
-                    context_lengths=(64, 256),
-                    thread_counts=thread_counts(), sweep_iterations=1, eval_samples=3, text_samples=3,
-                    eval_new_tokens=8, stage_iterations=1)
-    return Plan(warmup=1, iterations={"blog": 10, "photo": 3, "text": 5}, tile_edges=(512, 1024, 1536, 2048),
-                context_lengths=(128, 512, 1024, 2048, 4096), thread_counts=thread_counts(), sweep_iterations=3,
-                eval_samples=12, text_samples=None, eval_new_tokens=24, stage_iterations=2)
+# The default plan measures the contenders a class compares (the reference, the blog's two recipes, 4 bits and
+# llama.cpp at 4 bits) once or a few times each, and runs the side studies on the FP32 IR and INT4 only: under
+# 10 minutes with the 256M model on 2 cores.
+DEFAULT_CONTENDERS = ("pytorch-fp32", "openvino-fp32", "openvino-int8", "openvino-int4", "openvino-mixed")
+DEFAULT_SIDE_CONTENDERS = ("openvino-fp32", "openvino-int4")
+
+
+def plan(mode: str | None = None) -> Plan:
+    """The plan for ``mode`` (default: :func:`plan_mode`). quick: a few calls each, every contender (tests;
+    about 2 minutes with the tiny stand-in); default: five contenders and llama.cpp Q4_0, a few calls each, side
+    studies on two (under 10 minutes for notebook 04 with the 256M model on 2 cores); full: everything (about an
+    hour)."""
+    mode = mode or plan_mode()
+    if mode == "quick":
+        return Plan(mode, None, ("f16", "q8_0", "q4_0"), None, warmup=1,
+                    iterations={"blog": 2, "photo": 2, "text": 2},
+                    tile_edges=(512, 1024), context_lengths=(64, 256), thread_counts=thread_counts(),
+                    sweep_iterations=1, eval_samples=3, text_samples=3, eval_new_tokens=8, stage_iterations=1,
+                    busy_seconds=1.0)
+    if mode == "default":
+        return Plan(mode, DEFAULT_CONTENDERS, ("q4_0",), DEFAULT_SIDE_CONTENDERS, warmup=1,
+                    iterations={"blog": 3, "photo": 1, "text": 2}, tile_edges=(512, 1024),
+                    context_lengths=(128, 1024), thread_counts=thread_counts(), sweep_iterations=1, eval_samples=2,
+                    text_samples=16, eval_new_tokens=24, stage_iterations=1, busy_seconds=2.0)
+    if mode == "full":
+        return Plan(mode, None, ("f16", "q8_0", "q4_0"), None, warmup=1,
+                    iterations={"blog": 10, "photo": 3, "text": 5},
+                    tile_edges=(512, 1024, 1536, 2048), context_lengths=(128, 512, 1024, 2048, 4096),
+                    thread_counts=thread_counts(), sweep_iterations=3, eval_samples=12, text_samples=None,
+                    eval_new_tokens=24, stage_iterations=2, busy_seconds=8.0)
+    raise ValueError(f"plan mode {mode!r} is not one of 'quick', 'default', 'full'")
 
 
 # --- workloads --------------------------------------------------------------------------------------------
@@ -108,22 +153,6 @@ WORKLOADS = {
 }
 
 
-def chat_prompt(processor, question: str, with_image: bool = True) -> str:
-    """The chat-template prompt for one user turn (an image, then ``question``), ready for the answer."""
-    content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": question}]
-    return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
-
-
-def image_inputs(processor, image, question: str, longest_edge: int | None = None):
-    """Processor output (``input_ids``, ``attention_mask``, ``pixel_values``...) for one photo and question.
-
-    ``longest_edge`` sets how large the processor scales the photo before cutting 512-pixel tiles: 512 gives one
-    tile, 1024 a 2x2 grid plus the global view (5 tiles), 2048 (SmolVLM's default) up to 4x4 + 1 = 17.
-    """
-    kwargs = {"size": {"longest_edge": longest_edge}} if longest_edge else {}
-    return processor(text=chat_prompt(processor, question), images=[image], return_tensors="pt", **kwargs)
-
-
 def input_facts(model_config, inputs) -> dict:
     """Prompt tokens (text + image tokens) and image tiles of processor output ``inputs``."""
     facts = {"prompt_tokens": int(inputs["input_ids"].shape[1]), "image_tiles": 0, "image_tokens": 0}
@@ -135,7 +164,7 @@ def input_facts(model_config, inputs) -> dict:
 
 @dataclass
 class PreparedWorkload:
-    """A workload turned into model inputs once, so every variant gets exactly the same tensors."""
+    """A workload turned into model inputs once, so every contender gets exactly the same tensors."""
 
     workload: Workload
     inputs: Any
@@ -145,16 +174,13 @@ class PreparedWorkload:
 def prepare_workloads(processor, model_config, workloads: dict[str, Workload] = WORKLOADS,
                       repeats: int = 3) -> dict[str, PreparedWorkload]:
     """Run the processor on each workload (timing it: ``preprocess_s``, best of ``repeats``)."""
-    from PIL import Image
-
     prepared = {}
     for name, w in workloads.items():
-        image = Image.open(data.photo_path(w.photo)).convert("RGB") if w.photo else None
+        image = images.load_image(data.photo_path(w.photo)) if w.photo else None
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
-            inputs = (image_inputs(processor, image, w.question, w.longest_edge) if image else
-                      processor(text=chat_prompt(processor, w.question, with_image=False), return_tensors="pt"))
+            inputs = chat.question_inputs(processor, w.question, image, longest_edge=w.longest_edge)
             times.append(time.perf_counter() - start)
         facts = {"photo": w.photo, "photo_size": list(image.size) if image else None, "question": w.question,
                  "new_tokens": w.new_tokens, "description": w.description,
@@ -169,7 +195,7 @@ def context_inputs(processor, length: int):
 
     tokenizer = processor.tokenizer
     marker = "@@TEXT@@"
-    head_text, tail_text = chat_prompt(processor, "Summarise this text: " + marker, with_image=False).split(marker)
+    head_text, tail_text = chat.prompt_text(processor, "Summarise this text: " + marker).split(marker)
     head = tokenizer(head_text, add_special_tokens=False)["input_ids"]
     tail = tokenizer(tail_text, add_special_tokens=False)["input_ids"]
     room = length - len(head) - len(tail)
@@ -261,11 +287,11 @@ def run_workload(model, prepared: PreparedWorkload, warmup: int, iterations: int
     return {key: summarize([r[key] for r in runs]) for key in ("ttft_s", "tpot_s", "decode_tok_s", "e2e_s")}
 
 
-# --- variants ---------------------------------------------------------------------------------------------
+# --- contenders -------------------------------------------------------------------------------------------
 
 
 @dataclass
-class Candidate:
+class Contender:
     """One row of the benchmark: how to load it (``load(threads) -> model``) and what it is."""
 
     key: str  # e.g. "openvino-int8"
@@ -276,7 +302,7 @@ class Candidate:
     precision_hint: str | None = None  # OpenVINO: INFERENCE_PRECISION_HINT passed, if any
 
     def compiles_with(self, threads: int) -> bool:
-        """False when OpenVINO would crash compiling this variant with ``threads`` (see hardware)."""
+        """False when OpenVINO would crash compiling this contender with ``threads`` (see hardware)."""
         if self.backend != "openvino" or self.ir_dir is None:
             return True
         return hardware.openvino_compiles(self.ir_dir, hardware.openvino_config(threads, self.precision_hint))
@@ -326,7 +352,7 @@ def lm_bytes_per_token(model) -> int:
 
 
 def free_memory() -> None:
-    """Collect garbage (call after ``del model``) so the next variant starts from a clean slate."""
+    """Collect garbage (call after ``del model``) so the next contender starts from a clean slate."""
     gc.collect()
     try:
         import ctypes
@@ -336,26 +362,26 @@ def free_memory() -> None:
         pass
 
 
-def measure_variant(candidate: Candidate, prepared: dict[str, PreparedWorkload], threads: int, *,
+def measure_contender(contender: Contender, prepared: dict[str, PreparedWorkload], threads: int, *,
                     warmup: int, iterations: dict[str, int], then: Callable[[Any], Any] | None = None,
                     stage_iterations: int = 1) -> tuple[dict, Any]:
-    """Load ``candidate`` with ``threads`` threads, benchmark every prepared workload (``warmup`` untimed calls,
+    """Load ``contender`` with ``threads`` threads, benchmark every prepared workload (``warmup`` untimed calls,
     then ``iterations[workload]`` timed ones, then ``stage_iterations`` runs split into stages by
     :mod:`helpers.stages`), then call ``then(model)`` while the model is still loaded.
 
     Returns ``(record, then_result)``. The record holds load + compile time, peak memory, IR size, bytes read
     per token and, per workload, TTFT/TPOT/decode/e2e summaries and (``stages``) where the time went. The model
-    is freed before returning. A variant that fails is recorded with ``error`` instead of stopping the whole
+    is freed before returning. A contender that fails is recorded with ``error`` instead of stopping the whole
     benchmark.
     """
-    record: dict = {"label": candidate.label, "backend": candidate.backend, "threads": threads,
+    record: dict = {"label": contender.label, "backend": contender.backend, "threads": threads,
                     "ir_size_MB": None}
-    if candidate.ir_dir is not None:
+    if contender.ir_dir is not None:
         from helpers.export import ir_size_bytes
 
-        record["ir_size_MB"] = significant(ir_size_bytes(candidate.ir_dir) / 1e6)
-    if not candidate.compiles_with(threads):
-        record["error"] = f"OpenVINO crashes compiling this variant with {threads} thread(s) (see helpers.hardware)"
+        record["ir_size_MB"] = significant(ir_size_bytes(contender.ir_dir) / 1e6)
+    if not contender.compiles_with(threads):
+        record["error"] = f"OpenVINO crashes compiling this contender with {threads} thread(s) (see helpers.hardware)"
         return record, None
     def run(model) -> dict:
         from helpers import stages
@@ -370,7 +396,7 @@ def measure_variant(candidate: Candidate, prepared: dict[str, PreparedWorkload],
                                 for name, p in prepared.items()}
         return timed
 
-    return record, measure_session(record, lambda: candidate.load(threads), run, then)
+    return record, measure_session(record, lambda: contender.load(threads), run, then)
 
 
 COMPETITION_WARNING = 0.15  # share of the machine's CPU used by other programs above which a record says so
@@ -378,7 +404,7 @@ COMPETITION_WARNING = 0.15  # share of the machine's CPU used by other programs 
 
 def measure_session(record: dict, load: Callable[[], Any], run: Callable[[Any], dict],
                     then: Callable[[Any], Any] | None = None, close: Callable[[Any], None] | None = None) -> Any:
-    """The part every runtime's ``measure_variant`` shares: ``load()`` timed (``load_compile_s``),
+    """The part every runtime's ``measure_contender`` shares: ``load()`` timed (``load_compile_s``),
     ``run(model)`` (``workloads``), peak memory sampled over both, then ``then(model)`` while it is loaded,
     and the model freed (``close(model)`` first, if given). Fills ``record`` in place and returns ``then``'s
     result. A failure is recorded as ``error`` instead of stopping the whole benchmark."""
@@ -398,7 +424,7 @@ def measure_session(record: dict, load: Callable[[], Any], run: Callable[[Any], 
                   "was measured; its figures are slower than on a quiet machine.")
         if then is not None:
             result = then(model)
-    except Exception as err:  # one broken variant must not cost the whole run; the record says what happened
+    except Exception as err:  # one broken contender must not cost the whole run; the record says what happened
         record["error"] = f"{type(err).__name__}: {err}"
         print(f"{record['label']}: failed, {record['error']}")
     finally:
@@ -429,7 +455,7 @@ def compile_cache_times(folder: Path, threads: int, cache_dir: Path) -> dict:
 
 
 def summary_line(record: dict) -> str:
-    """One line per measured variant, printed as the benchmark goes: load time, blog TTFT and decode speed."""
+    """One line per measured contender, printed as the benchmark goes: load time, blog TTFT and decode speed."""
     if "error" in record:
         return f"{record['label']:28s} {record['error']}"
     blog = record["workloads"].get("blog")
@@ -459,12 +485,10 @@ def add_bandwidth_bound(records: dict[str, dict], bandwidth_gb_s: float) -> None
 
 def ttft_vs_tiles(model, processor, photo: str, question: str, edges: Sequence[int], iterations: int) -> list[dict]:
     """TTFT for the same photo scaled to each longest edge in ``edges`` (more pixels, more 512px tiles)."""
-    from PIL import Image
-
-    image = Image.open(data.photo_path(photo)).convert("RGB")
+    image = images.load_image(data.photo_path(photo))
     rows = []
     for i, edge in enumerate(edges):
-        inputs = image_inputs(processor, image, question, edge)
+        inputs = chat.question_inputs(processor, question, image, longest_edge=edge)
         if i == 0:
             time_generation(model, inputs, 2)  # warm-up
         ttft = summarize([time_generation(model, inputs, 2)["ttft_s"] for _ in range(iterations)])
@@ -486,7 +510,7 @@ def tpot_vs_context(model, processor, lengths: Sequence[int], iterations: int, n
     return rows
 
 
-def threads_sweep(candidate: Candidate, prepared: PreparedWorkload, counts: Sequence[int], iterations: int,
+def threads_sweep(contender: Contender, prepared: PreparedWorkload, counts: Sequence[int], iterations: int,
                   known: dict[int, dict] | None = None) -> list[dict]:
     """TTFT and TPOT of one workload with each thread count (a fresh load per count: OpenVINO fixes its
     threads when it compiles). ``known``: ``{threads: workload figures}`` already measured, reused as they are."""
@@ -500,7 +524,7 @@ def threads_sweep(candidate: Candidate, prepared: PreparedWorkload, counts: Sequ
                 figures = known[threads]
             else:
                 name = prepared.workload.name
-                record, _ = measure_variant(candidate, {name: prepared}, threads, warmup=1,
+                record, _ = measure_contender(contender, {name: prepared}, threads, warmup=1,
                                             iterations={name: iterations}, stage_iterations=0)
                 if "error" in record:
                     rows.append({"threads": threads, "skipped": record["error"]})

@@ -23,13 +23,12 @@ import json, subprocess, sys, time
 import torch  # as in every notebook: PyTorch's OpenMP pool starts with the policy of this process
 from optimum.intel import OVModelForVisualCausalLM
 from transformers import AutoProcessor
-from helpers import bench, hardware
+from helpers import bench, chat, hardware
 
 folder, threads, new_tokens, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 torch.set_num_threads(threads)
 processor = AutoProcessor.from_pretrained(folder)
-inputs = processor(text=bench.chat_prompt(processor, "Write a short story about a cat.", with_image=False),
-                   return_tensors="pt")
+inputs = chat.question_inputs(processor, "Write a short story about a cat.")
 model = OVModelForVisualCausalLM.from_pretrained(folder, device="CPU", ov_config=hardware.openvino_config(threads))
 
 

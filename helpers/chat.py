@@ -128,6 +128,23 @@ def user_message(question: str, n_images: int = 1, video: bool = False) -> list[
     return [{"role": "user", "content": content}]
 
 
+def prompt_text(processor, question: str, n_images: int = 0) -> str:
+    """The chat-template prompt of one user turn (``n_images`` image places, then ``question``), ready for the
+    answer."""
+    return processor.apply_chat_template(user_message(question, n_images), add_generation_prompt=True)
+
+
+def question_inputs(processor, question: str, image: images.ImageSource | None = None, *,
+                    longest_edge: int | None = None):
+    """Model inputs for one question about one image (``None``: text only); see :func:`prepare_inputs`.
+
+    ``longest_edge`` sets how large the processor scales the photo before cutting 512-pixel tiles: 512 gives one
+    tile, 1024 a 2x2 grid plus the global view (5 tiles), 2048 (SmolVLM's default) up to 4x4 + 1 = 17.
+    """
+    pictures = [] if image is None else [image]
+    return prepare_inputs(processor, user_message(question, len(pictures)), pictures, longest_edge=longest_edge)
+
+
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
@@ -196,6 +213,7 @@ class Answer:
     ttft_s: float
     total_s: float
     decode_s: float  # from the first to the last new token
+    token_ids: tuple[int, ...] = ()  # the new tokens, as chosen
 
     @property
     def tokens_per_s(self) -> float | None:
@@ -256,9 +274,10 @@ def stream_answer(
                 if on_text is not None:
                     on_text(text)
 
-    streamer, times = Pieces(processor.tokenizer, skip_special_tokens=True), []
+    streamer, times, tokens = Pieces(processor.tokenizer, skip_special_tokens=True), [], []
     for token in greedy.greedy_tokens(model, inputs, max_new_tokens):
         times.append(time.perf_counter())
+        tokens.append(int(token))
         streamer.put(np.array([token]))
     streamer.end()
     total = time.perf_counter() - start
@@ -272,6 +291,7 @@ def stream_answer(
         ttft_s=(times[0] - start) if times else total,
         total_s=total,
         decode_s=(times[-1] - times[0]) if times else 0.0,
+        token_ids=tuple(tokens),
     )
 
 

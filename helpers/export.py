@@ -25,7 +25,6 @@ SUBMODELS = {
     "vision_embeddings_model": "openvino_vision_embeddings_model",
 }
 COMPLETE_MARKER = "export_complete.json"
-PARTIAL_SUFFIX = atomic.PARTIAL_SUFFIX
 
 
 def variant_dir(choice: ModelChoice, variant: str) -> Path:
@@ -128,7 +127,6 @@ def estimate_export_bytes(source: str) -> int | None:
     return int(sum(f.stat().st_size for f in files) * scale * 1.1)
 
 
-check_free_space = atomic.check_free_space
 InsufficientDiskSpaceError = atomic.InsufficientDiskSpaceError
 
 

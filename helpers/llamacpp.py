@@ -11,7 +11,7 @@
 - :func:`time_generation` times one greedy generation of exactly N new tokens as :func:`helpers.bench.time_generation`
   times OpenVINO: TTFT from the start of the call to the first token (vision encoder and prefill included, the
   image preprocessing not: that is ``preprocess_s``), TPOT the mean gap after it, decode tokens/s = 1 / TPOT,
-  and end-to-end. :func:`measure_variant` gives a record shaped like bench's.
+  and end-to-end. :func:`measure_contender` gives a record shaped like bench's.
 
 Why Q4_0 and not Q4_K: k-quants work on blocks of 256 weights along a row, and SmolVLM2-256M's rows are 576 or
 1536 long; 576 is not a multiple of 256, so llama.cpp would fall back to another type for most tensors. Q4_0 uses
@@ -513,12 +513,12 @@ def lm_bytes_per_token(path: Path) -> int:
     return sum(int(t.n_bytes) for t in GGUFReader(path).tensors if t.name != "token_embd.weight")
 
 
-def measure_variant(folder: Path, lm_type: str, threads: int, workloads: dict[str, bench.Workload] = bench.WORKLOADS,
+def measure_contender(folder: Path, lm_type: str, threads: int, workloads: dict[str, bench.Workload] = bench.WORKLOADS,
                     *, warmup: int = 1, iterations: dict[str, int] | None = None,
                     then: Callable[[LlamaCppVLM], Any] | None = None) -> tuple[dict, Any]:
     """Load ``lm_type`` from a :func:`convert` folder with ``threads`` threads, time every workload, then call
     ``then(model)`` while it is loaded: ``(record, then_result)``, the record shaped like
-    :func:`helpers.bench.measure_variant`'s (``backend`` "llama.cpp", GGUF sizes instead of the IR's). A failure is
+    :func:`helpers.bench.measure_contender`'s (``backend`` "llama.cpp", GGUF sizes instead of the IR's). A failure is
     recorded as ``error`` instead of stopping the benchmark, as bench does."""
     iterations = iterations or bench.plan().iterations
     folder = Path(folder)

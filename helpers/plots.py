@@ -1,4 +1,4 @@
-"""Plots of notebook 04 (evaluate): speed per variant, how cost grows, the bandwidth limit, speed against quality.
+"""Plots of notebook 04 (evaluate): speed per contender, how cost grows, the bandwidth limit, speed against quality.
 
 Every function takes the results dict the notebook builds (the same that goes to ``results.json``) and returns
 a matplotlib figure; :func:`save` also writes it as a PNG next to the results.
@@ -22,31 +22,31 @@ def _color(record: dict) -> str:
     return BACKEND_COLORS.get(record.get("backend"), OPENVINO_COLOR)
 
 
-def _variant_styles(results: dict) -> dict[str, dict]:
-    """Curves and points: a fixed colour per variant (the same in every plot) and a marker per backend."""
+def _contender_styles(results: dict) -> dict[str, dict]:
+    """Curves and points: a fixed colour per contender (the same in every plot) and a marker per backend."""
     import matplotlib.pyplot as plt
 
     palette = plt.get_cmap("tab10").colors
     return {key: {"color": palette[i % len(palette)], "marker": BACKEND_MARKERS.get(r.get("backend"), "o"),
                   "label": r["label"]}
-            for i, (key, r) in enumerate(results["variants"].items())}
+            for i, (key, r) in enumerate(results["contenders"].items())}
 
 
 def _measured(results: dict, workload: str) -> list[tuple[str, dict, dict]]:
-    """``(key, record, figures)`` of the variants measured on ``workload``, in results order."""
-    return [(k, r, r["workloads"][workload]) for k, r in results["variants"].items()
+    """``(key, record, figures)`` of the contenders measured on ``workload``, in results order."""
+    return [(k, r, r["workloads"][workload]) for k, r in results["contenders"].items()
             if workload in r.get("workloads", {})]
 
 
 def speed_bars(results: dict, workloads: tuple[str, ...] = ("blog", "photo", "text")):
-    """One row per workload, one panel per figure (TTFT, decode tokens/s, end-to-end): a bar per variant,
+    """One row per workload, one panel per figure (TTFT, decode tokens/s, end-to-end): a bar per contender,
     the median, with a line from the fastest to the slowest timed call."""
     import matplotlib.pyplot as plt
 
     panels = (("ttft_s", "time to first token (s)", 1.0), ("decode_tok_s", "decode (tokens/s, higher is better)", 1.0),
               ("e2e_s", "end-to-end (s)", 1.0))
     workloads = tuple(w for w in workloads if _measured(results, w))
-    fig, axes = plt.subplots(len(workloads), len(panels), figsize=(14, 1.2 + 0.45 * len(results["variants"]) * len(workloads)),
+    fig, axes = plt.subplots(len(workloads), len(panels), figsize=(14, 1.2 + 0.45 * len(results["contenders"]) * len(workloads)),
                              squeeze=False)
     for row, workload in enumerate(workloads):
         measured = _measured(results, workload)
@@ -78,7 +78,7 @@ def scaling_curves(results: dict):
     import matplotlib.pyplot as plt
 
     scaling = results.get("scaling", {})
-    styles = _variant_styles(results)
+    styles = _contender_styles(results)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for key, rows in scaling.get("tiles", {}).items():
         axes[0].plot([r["image_tiles"] for r in rows], [r["ttft_s"] for r in rows], "-", **styles[key])
@@ -111,12 +111,12 @@ STAGE_COLORS = {"vision": "#8172b3", "text_embeddings": "#ccb974", "language_mod
 
 
 def stage_bars(results: dict, workloads: tuple[str, ...] = ("blog", "photo")):
-    """Per workload, two panels of stacked bars, one per variant: what the first token is made of (vision encoder,
+    """Per workload, two panels of stacked bars, one per contender: what the first token is made of (vision encoder,
     text embeddings, the language model's prefill, the rest of ``generate``) and the same for one later token."""
     import matplotlib.pyplot as plt
 
-    workloads = tuple(w for w in workloads if any(w in r.get("stages", {}) for r in results["variants"].values()))
-    rows = {w: [(r["label"], r["stages"][w]) for r in results["variants"].values() if w in r.get("stages", {})]
+    workloads = tuple(w for w in workloads if any(w in r.get("stages", {}) for r in results["contenders"].values()))
+    rows = {w: [(r["label"], r["stages"][w]) for r in results["contenders"].values() if w in r.get("stages", {})]
             for w in workloads}
     n = max((len(v) for v in rows.values()), default=1)
     fig, axes = plt.subplots(len(workloads), 2, figsize=(14, 1.0 + 0.45 * n * len(workloads)), squeeze=False)
@@ -143,7 +143,7 @@ def stage_bars(results: dict, workloads: tuple[str, ...] = ("blog", "photo")):
 
 
 def bandwidth_bound(results: dict, workload: str = "blog"):
-    """Per variant: measured decode tokens/s beside what memory bandwidth allows, with the fraction reached."""
+    """Per contender: measured decode tokens/s beside what memory bandwidth allows, with the fraction reached."""
     import matplotlib.pyplot as plt
 
     measured = [(k, r, f) for k, r, f in _measured(results, workload) if "bandwidth_bound_tok_s" in f]
@@ -184,12 +184,12 @@ def _error(q: dict, name: str, value: float, low_limit: float | None = None) -> 
 
 
 def speed_vs_quality(results: dict, workload: str = "blog", floor: float = 0.90):
-    """One point per variant, with its 95% interval: decode speed against KL divergence, against answer
+    """One point per contender, with its 95% interval: decode speed against KL divergence, against answer
     similarity and (when computed) against accuracy on the text questions."""
     import matplotlib.pyplot as plt
 
     quality = results.get("quality", {})
-    styles = _variant_styles(results)
+    styles = _contender_styles(results)
     points = [(k, f) for k, _, f in _measured(results, workload) if k in quality]
     reference = next((k for k, q in quality.items() if q.get("reference")), None)
     with_accuracy = any(q.get("text_accuracy") is not None for q in quality.values())
@@ -205,7 +205,7 @@ def speed_vs_quality(results: dict, workload: str = "blog", floor: float = 0.90)
             axes[2].errorbar(x, q["text_accuracy"], yerr=_error(q, "text_accuracy", q["text_accuracy"]), zorder=3,
                              **style)
     axes[0].set_yscale("log")
-    axes[0].set(xlabel=f"decode tokens/s ({workload})", ylabel="KL(reference || variant), nats (lower is better)",
+    axes[0].set(xlabel=f"decode tokens/s ({workload})", ylabel="KL(reference || contender), nats (lower is better)",
                 title="Speed against next-token divergence")
     axes[1].axhline(floor, color="#c44e52", linestyle="--", linewidth=1)
     axes[1].text(axes[1].get_xlim()[0], floor, f" floor {floor}", color="#c44e52", va="bottom", fontsize="small")
@@ -217,7 +217,7 @@ def speed_vs_quality(results: dict, workload: str = "blog", floor: float = 0.90)
     for ax in axes:
         ax.grid(alpha=0.3)
     axes[-1].legend(fontsize="x-small", loc="center left", bbox_to_anchor=(1.01, 0.5))
-    label = results["variants"].get(reference, {}).get("label", reference)
+    label = results["contenders"].get(reference, {}).get("label", reference)
     fig.suptitle(_caption(results) + f"; reference: {label}; bars: 95% intervals over the questions",
                  fontsize="small")
     fig.tight_layout()

@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from helpers import bench, data
+from helpers import chat, data
 
 SIMILARITY_FLOOR = 0.90  # who_what_benchmark's usual floor; about 0.95 is typical for 8-bit weight-only
-EVAL_LONGEST_EDGE = bench.TILE_SIZE  # one tile per photo keeps 12 questions x 7 variants affordable on 2 cores
+EVAL_LONGEST_EDGE = 512  # one 512-pixel tile per photo keeps 12 questions x 12 contenders affordable on 2 cores
 
 
 @dataclass
@@ -56,8 +56,7 @@ def text_samples(processor, n: int | None = None) -> list[Sample]:
     """The first ``n`` questions of ``data/text_questions.jsonl`` (all when ``None``) as text-only chat prompts."""
     samples = []
     for row in _first(data.load_text_questions(), n):
-        prompt = bench.chat_prompt(processor, row["question"], with_image=False)
-        samples.append(Sample("", row["question"], row["answer"], processor(text=prompt, return_tensors="pt"),
+        samples.append(Sample("", row["question"], row["answer"], chat.question_inputs(processor, row["question"]),
                               kind="text"))
     return samples
 
@@ -71,7 +70,7 @@ def eval_samples(processor, n: int | None = None, longest_edge: int | None = EVA
     for row in _first(data.load_eval_set(), n):
         image = row["image"].convert("RGB")
         photo = Path(getattr(row["image"], "filename", "") or "").stem
-        inputs = bench.image_inputs(processor, image, row["question"], longest_edge)
+        inputs = chat.question_inputs(processor, row["question"], image, longest_edge=longest_edge)
         samples.append(Sample(photo, row["question"], row["answer"], inputs, image=image))
     return samples
 

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from helpers import atomic, chat, data, export, images, memory
+from helpers import atomic, chat, data, export, memory
 from helpers.models import ModelChoice
 
 RECIPE_FILE = "quantization.json"
@@ -34,11 +34,6 @@ TEXT_CALIBRATED = ("int4-awq", "int4-ratio")
 INT4_RATIO = 0.8  # int4-ratio: the share of the language model's layers in 4 bits; NNCF's sensitivity picks which
 QUANTIZED_VARIANTS = ("int8", "int4", *TEXT_CALIBRATED, "mixed", *COMBINED)
 
-# optimum-intel names the language model "lm_model" in its quantization configs; the IR file and
-# helpers.export call it "language_model".
-OV_MODEL_NAMES = {"lm_model": "language_model", "text_embeddings_model": "text_embeddings_model",
-                  "vision_embeddings_model": "vision_embeddings_model"}
-
 # Element types counted as optimum-intel's tests count them (tests/openvino/utils_tests.py,
 # get_num_quantized_nodes): every op output of these types, i.e. compressed weights and their zero points.
 _INT8_TYPES = {"i8", "u8"}
@@ -46,12 +41,24 @@ _INT4_TYPES = {"i4", "u4"}
 _FAKE_OPS = {"FakeQuantize", "FakeConvert"}
 
 
-# --- the default recipes (notebook 02 shows each of them step by step) -----------------------------------
+# --- the recipes (notebook 02 builds each of them with these arguments, step by step) ----------------------
+
+# optimum-intel's own default 4-bit config for SmolVLM2-256M; "adjust" shrinks the group for rows whose width is
+# not a multiple of 128 (the real model's hidden size 576; the tiny stand-in's 64).
+_INT4 = {"bits": 4, "sym": False, "group_size": 128, "ratio": 1.0, "group_size_fallback": "adjust"}
+# The weight-only recipes: the arguments of OVWeightQuantizationConfig. The data-aware ones also get
+# num_samples, the number of calibration prompts.
+RECIPES = {
+    "int8": {"bits": 8},
+    "int4": _INT4,
+    "int4-awq": {**_INT4, "quant_method": "awq", "scale_estimation": True},
+    "int4-ratio": {**_INT4, "ratio": INT4_RATIO, "sensitivity_metric": "hessian_input_activation"},
+}
 
 
 def default_config(variant: str, processor_dir: Path | None = None, num_samples: int = DEFAULT_NUM_SAMPLES):
-    """The quantization config of recipe ``variant`` (one of :data:`QUANTIZED_VARIANTS` but the combined ones),
-    as notebook 02 builds it.
+    """The quantization config of recipe ``variant`` (one of :data:`QUANTIZED_VARIANTS` but the combined ones):
+    :data:`RECIPES`, or for ``mixed`` the pipeline config notebook 02 shows.
 
     ``mixed`` needs ``processor_dir`` (the processor that turns calibration photos into model inputs:
     :func:`calibration_processor` bounds their tiles); ``num_samples`` is how many calibration rows the mixed
@@ -59,27 +66,17 @@ def default_config(variant: str, processor_dir: Path | None = None, num_samples:
     """
     from optimum.intel import OVPipelineQuantizationConfig, OVQuantizationConfig, OVWeightQuantizationConfig
 
-    # optimum-intel's own default 4-bit config for SmolVLM2-256M; "adjust" shrinks the group for rows whose width
-    # is not a multiple of 128 (the real model's hidden size 576; the tiny stand-in's 64).
-    int4 = {"bits": 4, "sym": False, "group_size": 128, "group_size_fallback": "adjust"}
-    if variant == "int8":
-        return OVWeightQuantizationConfig(bits=8)
-    if variant == "int4":
-        return OVWeightQuantizationConfig(ratio=1.0, **int4)
-    if variant == "int4-awq":
-        return OVWeightQuantizationConfig(ratio=1.0, quant_method="awq", scale_estimation=True,
-                                          num_samples=num_samples, **int4)
-    if variant == "int4-ratio":
-        return OVWeightQuantizationConfig(ratio=INT4_RATIO, sensitivity_metric="hessian_input_activation",
-                                          num_samples=num_samples, **int4)
+    if variant in RECIPES:
+        calibration = {"num_samples": num_samples} if variant in TEXT_CALIBRATED else {}
+        return OVWeightQuantizationConfig(**RECIPES[variant], **calibration)
     if variant == "mixed":
         if processor_dir is None:
             raise ValueError("the mixed recipe needs processor_dir, the folder of the processor for calibration")
         return OVPipelineQuantizationConfig(
             quantization_configs={
-                "lm_model": OVWeightQuantizationConfig(bits=8),
-                "text_embeddings_model": OVWeightQuantizationConfig(bits=8),
-                "vision_embeddings_model": OVQuantizationConfig(bits=8),
+                "lm_model": OVWeightQuantizationConfig(**RECIPES["int8"]),
+                "text_embeddings_model": OVWeightQuantizationConfig(**RECIPES["int8"]),
+                "vision_embeddings_model": OVQuantizationConfig(bits=8),  # static: weights and activations
             },
             dataset="textvqa",  # the column layout (image, question) of our own set; no download when one is given
             num_samples=num_samples,
@@ -89,12 +86,24 @@ def default_config(variant: str, processor_dir: Path | None = None, num_samples:
     raise ValueError(f"unknown quantization recipe {variant!r}; choose one of {QUANTIZED_VARIANTS}")
 
 
+def cli_command(source: str, variant: str) -> list[str]:
+    """The ``optimum-cli export openvino`` command that exports ``source`` and compresses it like the weight-only
+    recipe ``variant`` (``int8`` or ``int4``, from :data:`RECIPES`); the output folder goes last."""
+    recipe = RECIPES.get(variant, {"calibration": True})  # mixed, mixed-int4: no weight-only recipe
+    if set(recipe) - {"bits", "sym", "group_size", "ratio", "group_size_fallback"}:
+        raise ValueError(f"recipe {variant!r} has no optimum-cli equivalent (it needs calibration data)")
+    command = ["optimum-cli", "export", "openvino", "--model", str(source), "--task", "image-text-to-text",
+               "--weight-format", f"int{recipe['bits']}"]
+    if recipe["bits"] == 4:
+        command += ["--group-size", str(recipe["group_size"]), "--ratio", str(recipe["ratio"]),
+                    "--group-size-fallback", recipe["group_size_fallback"]] + (["--sym"] if recipe["sym"] else [])
+    return command
+
+
 def calibration_processor(fp_dir: Path, longest_edge: int = CALIBRATION_LONGEST_EDGE) -> Path:
     """A copy of the processor of ``fp_dir`` that resizes every image to ``longest_edge`` pixels before cutting
     tiles (512: one tile per photo), saved once next to the variants; pass it as the mixed recipe's processor."""
     from transformers import AutoProcessor
-
-    from helpers import atomic
 
     dest = Path(fp_dir).parent / f"calibration-processor-{longest_edge}"
     with atomic.locked(dest):
@@ -120,8 +129,7 @@ def text_calibration(model, processor, prompts: Sequence[str]):
 
     rows = []
     for prompt in prompts:
-        text = processor.apply_chat_template(chat.user_message(prompt, n_images=0), add_generation_prompt=True)
-        inputs = processor(text=text, return_tensors="pt")
+        inputs = chat.question_inputs(processor, prompt)
         embeds, mask, positions, *_ = model.get_multimodal_embeddings(**inputs)
         rows.append(model.language_model.prepare_inputs(input_ids=None, attention_mask=mask,
                                                         position_ids=positions, inputs_embeds=embeds))
@@ -132,7 +140,7 @@ def ensure_variant(choice: ModelChoice, variant: str, *, force: bool = False) ->
     """The complete IR folder of ``variant`` (``fp32`` or one of :data:`QUANTIZED_VARIANTS`), built now if
     missing.
 
-    Uses the recipes of notebook 02 (:func:`default_config`) on the FP32 IR, which is exported first if needed.
+    Uses the recipes of notebook 02 (:data:`RECIPES`, :func:`default_config`) on the FP32 IR, which is exported first if needed.
     A complete folder is reused as it is; builds are atomic (:func:`helpers.export.build_atomically`).
     """
     if variant == "fp32":
@@ -409,35 +417,28 @@ def plot_sizes(table, title: str = "IR size on disk per variant"):
 
 
 def answers_side_by_side(
-    folders: dict[str, Path], photo: str | None = "astronaut", question: str = "Describe this image briefly.",
-    max_new_tokens: int = 20,
+    folders: dict[str, Path], questions: Sequence[tuple[str | None, str]] = (("astronaut", "Describe this image briefly."),),
+    max_new_tokens: int = 20, longest_edge: int | None = 512,
 ):
-    """Ask every variant the same question about the same photo (``photo=None``: a text-only question), greedy,
-    at most ``max_new_tokens``.
+    """Ask every variant the same questions (``(photo, question)`` pairs; photo ``None``: text only), greedy, at
+    most ``max_new_tokens``, photos at ``longest_edge`` (512: one tile, quick). Each variant is loaded once.
 
-    Returns one row per variant: the answer and how many of its first tokens match the first variant's.
+    Returns one row per question and variant: the answer and how many of its first tokens match the first
+    variant's.
     """
     import pandas as pd
-    from optimum.intel import OVModelForVisualCausalLM
-    from transformers import AutoProcessor
 
-    pictures = [images.load_image(data.photo_path(photo))] if photo else []
-    messages = chat.user_message(question, n_images=len(pictures))
-    rows, reference = [], None
+    first = next(iter(folders))
+    rows, reference = [], {}
     for variant, folder in folders.items():
-        processor = AutoProcessor.from_pretrained(folder)
-        model = OVModelForVisualCausalLM.from_pretrained(folder, device="CPU")
-        inputs = processor(text=processor.apply_chat_template(messages, add_generation_prompt=True),
-                           images=pictures or None, return_tensors="pt")
-        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-        tokens = output[0, inputs["input_ids"].shape[1]:].tolist()
-        reference = tokens if reference is None else reference
-        same = next((i for i, (a, b) in enumerate(zip(tokens, reference)) if a != b), min(len(tokens), len(reference)))
-        rows.append({
-            "variant": variant,
-            "answer": processor.decode(tokens, skip_special_tokens=True).strip(),
-            "new tokens": len(tokens),
-            f"first tokens same as {next(iter(folders))}": same,
-        })
+        model, processor = chat.load_model(folder)
+        for photo, question in questions:
+            answer = chat.ask(model, processor, question, [data.photo_path(photo)] if photo else [],
+                              max_new_tokens=max_new_tokens, longest_edge=longest_edge if photo else None)
+            tokens = reference.setdefault(question, answer.token_ids)
+            same = next((i for i, (a, b) in enumerate(zip(answer.token_ids, tokens)) if a != b),
+                        min(len(answer.token_ids), len(tokens)))
+            rows.append({"question": question, "variant": variant, "answer": answer.text,
+                         "new tokens": answer.new_tokens, f"first tokens same as {first}": same})
         del model
-    return pd.DataFrame(rows).set_index("variant")
+    return pd.DataFrame(rows).set_index(["question", "variant"])

@@ -32,7 +32,8 @@ SOURCE_TABLE = {
 RESULT_FIELDS = {
     "created": "when the run finished (local time)",
     "quick_mode": "true when VLM_QUICK=1 cut the iterations (tests); such figures are not for quoting",
-    "plan": "how much was measured: warm-up calls, timed iterations per workload, sweep settings",
+    "plan": "how much was measured: mode (quick, default or full: VLM_QUICK, VLM_FULL), the contenders and "
+    "llama.cpp types measured (null: every one), warm-up calls, timed iterations per workload, sweep settings",
     "machine.cpu_model": "CPU name from /proc/cpuinfo",
     "machine.logical_cores / physical_cores / usable_cores": "cores the OS reports / physical cores / cores "
     "this process may use (affinity)",
@@ -46,36 +47,36 @@ RESULT_FIELDS = {
     "machine.read_bandwidth_GB_s": "measured main-memory READ bandwidth in GB/s per thread count (NumPy sum "
     "over an array 4x the last-level cache, at least 1 GB; best of several runs)",
     "versions": "Python and package versions",
-    "model": "the model: requested name, slug, stand_in (true: random weights, timings real, text meaningless)",
+    "model": "the model: requested name, slug, stand_in (true: a stand-in's weights; its banner says which are real)",
     "workloads.<w>": "each workload: photo (null: text only), question, new_tokens, prompt_tokens (text + image "
-    "tokens), image_tiles (512x512 tiles the processor made), preprocess_s (processor time, same for all variants)",
-    "variants.<v>.label / backend / precision / threads": "what ran: PyTorch, OpenVINO or llama.cpp, weights, the "
+    "tokens), image_tiles (512x512 tiles the processor made), preprocess_s (processor time, the same for every contender)",
+    "contenders.<c>.label / backend / precision / threads": "what ran: PyTorch, OpenVINO or llama.cpp, weights, the "
     "precision the runtime computes in (an FP32 IR runs in bf16 on CPUs with bf16 instructions unless told f32; "
     "for llama.cpp the GGUF type of the language model: f16, q8_0, q4_0), threads",
-    "variants.<v>.gguf_size_MB / mmproj_size_MB / llama_cpp_python": "llama.cpp only: size on disk of the GGUF "
+    "contenders.<c>.gguf_size_MB / mmproj_size_MB / llama_cpp_python": "llama.cpp only: size on disk of the GGUF "
     "language model and of the vision projector (F16), and the llama-cpp-python version; its "
     "workloads.<w>.facts hold llama.cpp's own image_tiles, image_tokens and prompt_tokens",
-    "variants.<v>.load_compile_s": "seconds from from_pretrained to a model ready to generate (OpenVINO: "
+    "contenders.<c>.load_compile_s": "seconds from from_pretrained to a model ready to generate (OpenVINO: "
     "reading and compiling the IR; PyTorch: loading the checkpoint)",
-    "variants.<v>.peak_rss_MB / rss_before_MB": "peak resident memory of the process while loading and "
-    "benchmarking this variant (psutil, sampled every 0.1 s) / before loading it; variants run one after "
-    "another in one process and are freed in between, so the difference is the variant's own cost",
-    "variants.<v>.ir_size_MB": "OpenVINO IR size on disk (.xml + .bin of the three submodels); null for PyTorch",
-    "variants.<v>.lm_bytes_per_token_MB": "bytes of language-model weights read per generated token, at the "
+    "contenders.<c>.peak_rss_MB / rss_before_MB": "peak resident memory of the process while loading and "
+    "benchmarking this contender (psutil, sampled every 0.1 s) / before loading it; contenders run one after "
+    "another in one process and are freed in between, so the difference is the contender's own cost",
+    "contenders.<c>.ir_size_MB": "OpenVINO IR size on disk (.xml + .bin of the three submodels); null for PyTorch",
+    "contenders.<c>.lm_bytes_per_token_MB": "bytes of language-model weights read per generated token, at the "
     "precision the runtime holds them in (the input embedding table is excluded: one row is read per token)",
-    "variants.<v>.workloads.<w>.ttft_s / tpot_s / decode_tok_s / e2e_s": "time to first token, time per output "
+    "contenders.<c>.workloads.<w>.ttft_s / tpot_s / decode_tok_s / e2e_s": "time to first token, time per output "
     "token, decode tokens per second (1/TPOT), whole generate() call; each {median, min, max, n} over the "
     "timed iterations",
-    "variants.<v>.workloads.<w>.bandwidth_bound_tok_s / fraction_of_bound": "decode tokens/s that memory "
+    "contenders.<c>.workloads.<w>.bandwidth_bound_tok_s / fraction_of_bound": "decode tokens/s that memory "
     "bandwidth allows (read bandwidth / lm_bytes_per_token) and the measured decode speed as a fraction of it",
-    "variants.<v>.stages.<w>": "PyTorch and OpenVINO: where the time of one generate call went (helpers.stages; "
+    "contenders.<c>.stages.<w>": "PyTorch and OpenVINO: where the time of one generate call went (helpers.stages; "
     "medians of separate runs with the clock on, in seconds): first_token (vision: the vision encoder with its "
     "connector, text_embeddings, language_model: the prefill, rest: generate's own Python; together ttft), "
     "vision_per_tile, per_token (language_model, text_embeddings, rest; together tpot, the mean decoding step), e2e",
-    "variants.<v>.other_processes_cpu_share": "share of the machine's CPU (all cores) that other programs used "
-    "while this variant was loaded and timed; above 0.15 the notebook says its figures are slower than on a quiet "
+    "contenders.<c>.other_processes_cpu_share": "share of the machine's CPU (all cores) that other programs used "
+    "while this contender was loaded and timed; above 0.15 the notebook says its figures are slower than on a quiet "
     "machine",
-    "variants.<v>.error": "present when a variant could not be measured, with the reason",
+    "contenders.<c>.error": "present when a contender could not be measured, with the reason",
     "comparison": "speed-ups (TTFT: slower/faster; decode: faster/slower) of OpenVINO FP32 over PyTorch FP32 and "
     "BF16, and of INT8, INT4 and mixed + INT4 over the FP32 IR; rows: comparison, figure, source (blog workload; "
     "null where "
@@ -84,36 +85,36 @@ RESULT_FIELDS = {
     "which computes in bf16 on CPUs with bf16 instructions, and F16; INT8 and Q8_0; INT4 and Q4_0), then the "
     "fastest of each; both runtimes' TTFT and decode medians and "
     "OpenVINO's speed-ups (above 1: OpenVINO is faster)",
-    "generate_vs_direct.<v>": "OpenVINO variants on the text workload: median TTFT and TPOT (ttft_s, tpot_s) of "
+    "generate_vs_direct.<c>": "OpenVINO contenders on the text workload: median TTFT and TPOT (ttft_s, tpot_s) of "
     "optimum-intel's generate and of a plain greedy loop over the same compiled requests (helpers/greedy.py), "
     "which chose the same tokens (same_tokens); gap, how much longer generate's TPOT is (0.1: 10%)",
-    "compile_cache.<v>": "OpenVINO variants: load + compile with OpenVINO's compile cache (CACHE_DIR) in an empty "
+    "compile_cache.<c>": "OpenVINO contenders: load + compile with OpenVINO's compile cache (CACHE_DIR) in an empty "
     "folder, first_s (compiles and writes the compiled model) and cached_s (reads it back), and cache_MB, what "
     "the cache holds; the main benchmark's load_compile_s uses no cache",
     "compute_limit": "the first token's limit: peak_GFLOP_s (one large matrix product compiled by OpenVINO in f32, "
-    "bf16 and int8), vision_GFLOP_per_tile (counted from the vision encoder's IR) and per variant, on the photo "
+    "bf16 and int8), vision_GFLOP_per_tile (counted from the vision encoder's IR) and per contender, on the photo "
     "workload: vision_GFLOP and prefill_GFLOP, the GFLOP/s each reached (from the stage split) and its fraction "
     "of the peak of the precision it runs in",
-    "busy_core": "decode tokens/s of the variant named (OpenVINO INT4) on a text prompt in a fresh process, idle "
+    "busy_core": "decode tokens/s of the contender named (OpenVINO INT4) on a text prompt in a fresh process, idle "
     "(idle_tok_s) and with another program keeping one core busy (busy_tok_s), and loss, the share of the idle "
     "speed lost; once with OMP_WAIT_POLICY unset and once PASSIVE (policies)",
-    "four_bit_vs_int4.<v>": "the data-aware 4-bit variants (int4-awq, int4-ratio) against plain INT4 on the same "
+    "four_bit_vs_int4.<c>": "the data-aware 4-bit contenders (openvino-int4-awq, openvino-int4-ratio) against plain INT4 on the same "
     "questions: per figure (token_agreement, kl_mean; text_accuracy with a real language model) the mean "
     "difference (theirs minus INT4's), its 95% paired bootstrap interval (ci) and real (the interval leaves out 0)",
-    "recommendation": "which variant to pick, derived from the figures: for photos (lowest photo TTFT) and for long "
-    "answers (fastest text decoding) among the variants whose answer similarity is at least 0.90; each with its "
+    "recommendation": "which contender to pick (its key: contender), derived from the figures: for photos (lowest photo TTFT) and for long "
+    "answers (fastest text decoding) among the contenders whose answer similarity is at least 0.90; each with its "
     "figure, similarity and the runner-up",
-    "scaling.tiles": "per variant: TTFT (median, s) for one photo scaled to longest_edge 512/1024/1536/2048 px "
+    "scaling.tiles": "per contender: TTFT (median, s) for one photo scaled to longest_edge 512/1024/1536/2048 px "
     "(rows: longest_edge, image_tiles, image_tokens, prompt_tokens, ttft_s)",
-    "scaling.context": "per variant: TPOT and TTFT (medians, s) of text-only prompts of context_tokens tokens "
+    "scaling.context": "per contender: TPOT and TTFT (medians, s) of text-only prompts of context_tokens tokens "
     "(rows: context_tokens, tpot_s, ttft_s)",
-    "scaling.threads": "per variant: blog-workload TTFT and TPOT against the number of threads (rows: threads, "
+    "scaling.threads": "per contender: blog-workload TTFT and TPOT against the number of threads (rows: threads, "
     "ttft_s, tpot_s, decode_tok_s; or skipped with the reason)",
-    "quality.<v>": "against the reference (PyTorch FP32, reference: true) on `samples` questions: "
+    "quality.<c>": "against the reference (PyTorch FP32, reference: true) on `samples` questions: "
     "photo_questions of data/eval.jsonl (one tile per photo) and text_questions of data/text_questions.jsonl; "
     "token_agreement (share of "
-    "positions where the variant's top token equals the reference's, teacher-forced on the reference's "
-    "greedy tokens), kl_mean (mean KL(reference || variant) of next-token distributions, nats), similarity "
+    "positions where the contender's top token equals the reference's, teacher-forced on the reference's "
+    "greedy tokens), kl_mean (mean KL(reference || contender) of next-token distributions, nats), similarity "
     "(mean cosine similarity of all-MiniLM-L6-v2 embeddings of the free-running answers; similarity_min: the "
     "lowest), below_floor "
     "(similarity < 0.90), repetition_rate (share of answers that fall into repeating one phrase), accuracy "
@@ -126,20 +127,20 @@ RESULT_FIELDS = {
 
 
 def recommend(results: dict, floor: float = 0.90) -> dict[str, dict]:
-    """Which measured variant to pick, derived from the figures: for photos (lowest median TTFT on the photo
-    workload) and for long answers (highest decode tokens/s on the text workload), among the variants whose
+    """Which measured contender to pick, derived from the figures: for photos (lowest median TTFT on the photo
+    workload) and for long answers (highest decode tokens/s on the text workload), among the contenders whose
     answer similarity to the reference stays at or above ``floor``; each pick with its figure and the runner-up.
     A workload nobody measured is left out."""
     quality = results.get("quality", {})
     picks = {}
     for purpose, workload, figure, best in (("photos", "photo", "ttft_s", min),
                                             ("long answers", "text", "decode_tok_s", max)):
-        measured = {k: r["workloads"][workload][figure]["median"] for k, r in results["variants"].items()
+        measured = {k: r["workloads"][workload][figure]["median"] for k, r in results["contenders"].items()
                     if workload in r.get("workloads", {}) and quality.get(k, {}).get("similarity", 0) >= floor}
         if not measured:
             continue
         ranked = sorted(measured, key=measured.get, reverse=best is max)
-        picks[purpose] = {"variant": ranked[0], "label": results["variants"][ranked[0]]["label"], "workload": workload,
+        picks[purpose] = {"contender": ranked[0], "label": results["contenders"][ranked[0]]["label"], "workload": workload,
                           figure: measured[ranked[0]], "similarity": quality[ranked[0]]["similarity"],
                           "runner_up": ranked[1] if len(ranked) > 1 else None,
                           "runner_up_" + figure: measured[ranked[1]] if len(ranked) > 1 else None}
@@ -156,7 +157,7 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator
 
 
-# (title, faster variant, slower variant, the source's rows for the same pair or None)
+# (title, faster contender, slower contender, the source's rows for the same pair or None)
 COMPARISONS = (
     ("OpenVINO FP32 vs PyTorch FP32", "openvino-fp32", "pytorch-fp32", ("openvino-fp32", "pytorch-fp32")),
     ("OpenVINO FP32 vs PyTorch BF16", "openvino-fp32", "pytorch-bf16", None),
@@ -167,7 +168,7 @@ COMPARISONS = (
 
 
 def comparison(records: dict[str, dict], workloads: Sequence[str] = ("blog", "photo")) -> list[dict]:
-    """Speed-ups of one variant over another (TTFT and decode), ours per workload beside the source's.
+    """Speed-ups of one contender over another (TTFT and decode), ours per workload beside the source's.
 
     The source measured only the blog workload, and only the pairs it had (PyTorch, OpenVINO FP32, INT8).
     """
@@ -268,12 +269,12 @@ def load_results(path: Path | None = None) -> dict:
 
 
 def speed_table(results: dict, workload: str):
-    """One row per variant for ``workload``: medians of TTFT, TPOT, decode, e2e, and load time, memory, size."""
+    """One row per contender for ``workload``: medians of TTFT, TPOT, decode, e2e, and load time, memory, size."""
     import pandas as pd
 
     rows = []
-    for key, r in results["variants"].items():
-        row = {"variant": key, "label": r["label"], "precision": r.get("precision")}
+    for key, r in results["contenders"].items():
+        row = {"contender": key, "label": r["label"], "precision": r.get("precision")}
         w = r.get("workloads", {}).get(workload)
         if w:
             row.update({
@@ -289,7 +290,7 @@ def speed_table(results: dict, workload: str):
         if "error" in r:
             row["error"] = r["error"]
         rows.append(row)
-    return pd.DataFrame(rows).set_index("variant")
+    return pd.DataFrame(rows).set_index("contender")
 
 
 def markdown_table(results: dict, workload: str = "blog", digits: int = 3) -> str:
@@ -302,7 +303,7 @@ def markdown_table(results: dict, workload: str = "blog", digits: int = 3) -> st
                f"{m['threads_used']} threads"
                + (f", read bandwidth {bandwidth} GB/s" if bandwidth else "") + "; medians.*")
     columns = [str(c) for c in table.columns]
-    lines = ["| variant | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    lines = ["| contender | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for key, row in table.iterrows():
         cells = [_cell(v, digits) for v in row]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
@@ -328,8 +329,8 @@ def _cell(value, digits: int) -> str:
     return str(value)
 
 
-def check_results(results: dict, variants: Sequence[str], workloads: Sequence[str]) -> list[str]:
-    """Problems with a results dict: a missing variant, workload or section, or a figure that is not a positive,
+def check_results(results: dict, contenders: Sequence[str], workloads: Sequence[str]) -> list[str]:
+    """Problems with a results dict: a missing contender, workload or section, or a figure that is not a positive,
     finite number. An empty list means the file is complete."""
     problems = []
 
@@ -360,36 +361,36 @@ def check_results(results: dict, variants: Sequence[str], workloads: Sequence[st
             continue
         for key in ("prompt_tokens", "new_tokens", "preprocess_s") + (("image_tiles",) if facts.get("photo") else ()):
             positive(f"workloads.{name}.{key}", facts.get(key))
-    for key in variants:
-        record = section(results.get("variants", {}), key, f"variants.{key}")
+    for key in contenders:
+        record = section(results.get("contenders", {}), key, f"contenders.{key}")
         if record is None:
             continue
         if "error" in record:
-            problems.append(f"variants.{key} was not measured: {record['error']}")
+            problems.append(f"contenders.{key} was not measured: {record['error']}")
             continue
         for field_name in ("load_compile_s", "peak_rss_MB", "lm_bytes_per_token_MB"):
-            positive(f"variants.{key}.{field_name}", record.get(field_name))
+            positive(f"contenders.{key}.{field_name}", record.get(field_name))
         if record.get("backend") == "openvino":
-            positive(f"variants.{key}.ir_size_MB", record.get("ir_size_MB"))
+            positive(f"contenders.{key}.ir_size_MB", record.get("ir_size_MB"))
         for name in workloads:
-            figures = section(record.get("workloads", {}), name, f"variants.{key}.workloads.{name}")
+            figures = section(record.get("workloads", {}), name, f"contenders.{key}.workloads.{name}")
             if figures is None:
                 continue
             for figure in ("ttft_s", "tpot_s", "decode_tok_s", "e2e_s"):
                 for stat in ("median", "min", "max"):
-                    positive(f"variants.{key}.workloads.{name}.{figure}.{stat}", figures.get(figure, {}).get(stat))
+                    positive(f"contenders.{key}.workloads.{name}.{figure}.{stat}", figures.get(figure, {}).get(stat))
             for figure in ("bandwidth_bound_tok_s", "fraction_of_bound"):
-                positive(f"variants.{key}.workloads.{name}.{figure}", figures.get(figure))
+                positive(f"contenders.{key}.workloads.{name}.{figure}", figures.get(figure))
         if record.get("backend") in ("pytorch", "openvino"):
             for name in workloads:
                 split = record.get("stages", {}).get(name)
                 if split is None:
-                    problems.append(f"variants.{key}.stages.{name} is missing")
+                    problems.append(f"contenders.{key}.stages.{name} is missing")
                     continue
                 for part in ("first_token", "per_token"):
                     for stage, value in split[part].items():
                         if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                            problems.append(f"variants.{key}.stages.{name}.{part}.{stage} is {value!r}, "
+                            problems.append(f"contenders.{key}.stages.{name}.{part}.{stage} is {value!r}, "
                                             "not a number >= 0")
         q = section(results.get("quality", {}), key, f"quality.{key}")
         if q is not None:

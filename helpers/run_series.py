@@ -1,8 +1,9 @@
 """``make run``: execute every notebook under ``notebooks/`` in order into ``runs/latest/`` (.ipynb and .html).
 
-Shows a progress bar per notebook, records each notebook's wall time and peak memory (RSS of the kernel and its
-child processes, sampled by :class:`helpers.memory.PeakMemory`, with the CPU time the sampling cost) in
-``runs/latest/run_summary.json``, and stops at the first failing notebook, keeping its partial output.
+Shows a progress bar per notebook, records each notebook's wall time, peak memory (RSS of the kernel and its
+child processes, sampled by :class:`helpers.memory.PeakMemory`, with the CPU time the sampling cost) and the model
+folders it built in ``runs/latest/run_summary.json`` (``cold_start``: the ``make run`` that ran it began with no
+model folders, so its time is a cold time), and stops at the first failing notebook, keeping its partial output.
 """
 
 from __future__ import annotations
@@ -13,10 +14,14 @@ import sys
 import time
 from pathlib import Path
 
-from helpers import atomic
+from helpers import atomic, bench
 from helpers.memory import PeakMemory
 from helpers.models import ModelUnavailableError, resolve_model, show_banner
-from helpers.paths import REPO_ROOT, runs_dir
+from helpers.paths import REPO_ROOT, models_dir, runs_dir
+
+
+def _folders(parent: Path) -> set[str]:
+    return {p.name for p in parent.iterdir() if p.is_dir()} if parent.is_dir() else set()
 
 
 def execute_notebook(path: Path, out_dir: Path) -> dict:
@@ -58,23 +63,29 @@ def main(argv: list[str] | None = None) -> int:
     notebooks = sorted((REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     if argv:
         notebooks = [nb for nb in notebooks if any(nb.name.startswith(a) for a in argv)]
+    start = time.perf_counter()
     try:
         choice = resolve_model()  # fail fast, before any kernel starts, with one clear sentence
     except ModelUnavailableError as err:
         print(f"\n{err}\n", file=sys.stderr)
         return 2
+    resolve_s = round(time.perf_counter() - start, 1)  # a stand-in is built here the first time
+    model_folders = models_dir() / choice.slug
     out_dir = runs_dir()
     print(f"Running {len(notebooks)} notebooks with model {choice.slug!r} into {out_dir}")
     if choice.is_standin:
         print(show_banner(choice).text)
     summary = {"model": choice.requested, "resolved": choice.slug, "stand_in": choice.is_standin,
-               "fell_back": choice.fell_back, "notebooks": []}
+               "fell_back": choice.fell_back, "resolve_model_s": resolve_s, "plan": bench.plan_mode(), "notebooks": []}
+    cold = not _folders(model_folders)  # cold: this run began with no model folder (the stand-in may be cached)
     # `make run NOTEBOOKS=04` after a full run keeps the other notebooks' records of the same model
     earlier = atomic.read_record(out_dir / "run_summary.json") or {}
     kept = earlier.get("notebooks", []) if earlier.get("resolved") == choice.slug else []
     status, done = 0, []
     for nb in notebooks:
+        before = _folders(model_folders)
         record = execute_notebook(nb, out_dir)
+        record.update(cold_start=cold, built=sorted(_folders(model_folders) - before))
         done.append(record)
         ran = {r["notebook"] for r in done}
         summary["notebooks"] = sorted([r for r in kept if r.get("notebook") not in ran] + done,

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 
 from helpers import bench, hardware, report
+from helpers.paths import REPO_ROOT
 
 
 @pytest.fixture(scope="module")
@@ -48,20 +50,38 @@ def prepared(processor, pytorch_model):
 # --- settings ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("value, expected", [("1", True), ("yes", True), ("", False), ("0", False)])
-def test_quick_mode_follows_the_environment(monkeypatch, value, expected):
-    monkeypatch.setenv(bench.QUICK_ENV, value)
-    assert bench.quick_mode() is expected
-    assert bench.plan() == bench.plan(quick=expected)
+@pytest.mark.parametrize("quick, full, mode", [("1", "", "quick"), ("yes", "1", "quick"), ("", "", "default"),
+                                               ("0", "", "default"), ("", "1", "full"), ("no", "on", "full")])
+def test_plan_mode_follows_the_environment(monkeypatch, quick, full, mode):
+    monkeypatch.setenv(bench.QUICK_ENV, quick)
+    monkeypatch.setenv(bench.FULL_ENV, full)
+    assert bench.plan_mode() == mode
+    assert bench.plan() == bench.plan(mode) and bench.plan().mode == mode
 
 
-def test_quick_plan_measures_less_than_the_full_one():
-    quick, full = bench.plan(quick=True), bench.plan(quick=False)
+def test_the_default_plan_measures_less_than_the_full_one():
+    quick, default, full = bench.plan("quick"), bench.plan("default"), bench.plan("full")
     for workload in bench.WORKLOADS:
         assert 1 <= quick.iterations[workload] < full.iterations[workload]
-    assert len(quick.context_lengths) < len(full.context_lengths)
-    assert quick.eval_samples < full.eval_samples
+        assert 1 <= default.iterations[workload] < full.iterations[workload]
+    assert len(default.context_lengths) < len(full.context_lengths) and default.eval_samples < full.eval_samples
     assert full.tile_edges == (512, 1024, 1536, 2048)  # 1, 5, 10, 17 tiles of a square photo
+    # the tests and the full run measure every contender; the default run the five a class compares
+    assert quick.contenders is None and full.contenders is None
+    assert default.measures("pytorch-fp32") and default.measures("openvino-int4")
+    assert not default.measures("openvino-int4-awq") and full.measures("openvino-int4-awq")
+    assert default.llamacpp_types == ("q4_0",) and set(default.llamacpp_types) < set(full.llamacpp_types)
+    # the side studies (loop, compile cache, sweeps): two of the five by default, all in the full plan
+    assert default.side_study("openvino-int4") and not default.side_study("openvino-int8")
+    assert not default.side_study("openvino-int4-awq") and full.side_study("openvino-int8")
+    with pytest.raises(ValueError, match="not one of"):
+        bench.plan("fast")
+
+
+def test_the_default_contenders_are_notebook_04s():
+    cells = json.loads((REPO_ROOT / "notebooks" / "04_evaluate.ipynb").read_text())["cells"]
+    keys = set(re.findall(r'bench\.Contender\("([a-z0-9-]+)"', "".join("".join(c["source"]) for c in cells)))
+    assert set(bench.DEFAULT_CONTENDERS) <= keys and "openvino-mixed" in keys
 
 
 @pytest.mark.parametrize("top, expected", [(1, (1,)), (2, (1, 2)), (6, (1, 2, 4, 6)), (8, (1, 2, 4, 8))])
@@ -156,10 +176,10 @@ def test_bytes_per_token_follow_the_precision_held_in_memory(tiny, pytorch_model
         assert bench.lm_bytes_per_token(default) == pytest.approx(expected / 2, rel=0.02)
 
 
-# --- variants and records ---------------------------------------------------------------------------------
+# --- contenders and records -------------------------------------------------------------------------------
 
 
-def _pytorch_candidate(tiny, loads):
+def _pytorch_contender(tiny, loads):
     import torch
     from transformers import AutoModelForImageTextToText
 
@@ -168,12 +188,12 @@ def _pytorch_candidate(tiny, loads):
         hardware.set_torch_threads(threads)
         return AutoModelForImageTextToText.from_pretrained(tiny.source, dtype=torch.float32).eval()
 
-    return bench.Candidate("pytorch-fp32", "PyTorch FP32", "pytorch", load)
+    return bench.Contender("pytorch-fp32", "PyTorch FP32", "pytorch", load)
 
 
-def test_measure_variant_records_everything_and_runs_the_follow_up(tiny, prepared):
+def test_measure_contender_records_everything_and_runs_the_follow_up(tiny, prepared):
     loads, seen = [], []
-    record, extra = bench.measure_variant(_pytorch_candidate(tiny, loads), prepared, 1, warmup=0,
+    record, extra = bench.measure_contender(_pytorch_contender(tiny, loads), prepared, 1, warmup=0,
                                           iterations={"blog": 2, "photo": 1, "text": 1},
                                           then=lambda model: seen.append(model) or "answers")
     assert loads == [1] and len(seen) == 1 and extra == "answers"
@@ -184,16 +204,16 @@ def test_measure_variant_records_everything_and_runs_the_follow_up(tiny, prepare
     assert "pixel_values" not in prepared["text"].inputs and record["workloads"]["text"]["e2e_s"]["n"] == 1
 
 
-def test_a_variant_that_would_crash_openvino_is_recorded_not_loaded(fp32_dir, prepared, monkeypatch):
+def test_a_contender_that_would_crash_openvino_is_recorded_not_loaded(fp32_dir, prepared, monkeypatch):
     monkeypatch.setattr(hardware, "openvino_compiles", lambda folder, config: False)
 
     def load(threads):
         raise AssertionError("must not be loaded")
 
-    candidate = bench.Candidate("openvino-fp32", "OpenVINO FP32", "openvino", load, ir_dir=fp32_dir)
-    record, extra = bench.measure_variant(candidate, prepared, 1, warmup=0, iterations={"blog": 1, "photo": 1})
+    contender = bench.Contender("openvino-fp32", "OpenVINO FP32", "openvino", load, ir_dir=fp32_dir)
+    record, extra = bench.measure_contender(contender, prepared, 1, warmup=0, iterations={"blog": 1, "photo": 1})
     assert "crashes" in record["error"] and extra is None and record["ir_size_MB"] > 0
-    rows = bench.threads_sweep(candidate, prepared["blog"], (1, 2), 1, known={2: {
+    rows = bench.threads_sweep(contender, prepared["blog"], (1, 2), 1, known={2: {
         "ttft_s": {"median": 0.5}, "tpot_s": {"median": 0.1}, "decode_tok_s": {"median": 10.0}}})
     assert "skipped" in rows[0] and rows[1] == {"threads": 2, "ttft_s": 0.5, "tpot_s": 0.1, "decode_tok_s": 10.0}
 
@@ -234,7 +254,7 @@ def test_comparison_sets_the_source_ratios_beside_ours():
     assert rows[("OpenVINO FP32 vs PyTorch FP32", "decode speed-up")]["ours (blog)"] == 10.0
     assert rows[("OpenVINO INT8 vs OpenVINO FP32", "decode speed-up")]["source (blog workload)"] == 1.35
     assert rows[("OpenVINO INT8 vs OpenVINO FP32", "TTFT speed-up")]["ours (blog)"] == 2.0
-    assert not any("BF16" in title for title, _ in rows)  # pairs with a variant that didn't run are left out
+    assert not any("BF16" in title for title, _ in rows)  # pairs with a contender that didn't run are left out
 
 
 # --- the results file -------------------------------------------------------------------------------------
@@ -252,7 +272,7 @@ def _results(tmp_path):
         "model": {"slug": "synthetic-tiny", "stand_in": True},
         "workloads": {"blog": {"description": "one tile", "prompt_tokens": 81, "image_tiles": 1, "new_tokens": 16,
                                "preprocess_s": 0.01, "photo": tmp_path}},
-        "variants": records,
+        "contenders": records,
         "quality": {k: {"token_agreement": 1.0, "kl_mean": 0.0, "similarity": 1.0, "repetition_rate": 0.0}
                     for k in records},
         "scaling": {"tiles": {"openvino-fp32": [{"image_tiles": 1, "ttft_s": 0.5}]},
@@ -278,9 +298,9 @@ def test_figures_of_a_slow_cpu_and_a_tiny_model_pass_the_check(tmp_path):
     for r in slow.values():
         r.update(load_compile_s=0.0004, peak_rss_MB=900, ir_size_MB=0.0007)
     bench.add_bandwidth_bound(slow, 200.0)  # 200 GB/s / 0.05 MB = 4 million tokens/s: a fraction of 1e-9
-    results["variants"] = slow
+    results["contenders"] = slow
     loaded = report.load_results(report.save_results(results, tmp_path / "results.json"))
-    fraction = loaded["variants"]["pytorch-fp32"]["workloads"]["blog"]["fraction_of_bound"]
+    fraction = loaded["contenders"]["pytorch-fp32"]["workloads"]["blog"]["fraction_of_bound"]
     assert 0 < fraction < 1e-8
     assert report.check_results(loaded, ["pytorch-fp32", "openvino-fp32"], ["blog"]) == []
 
@@ -292,28 +312,28 @@ def test_significant_keeps_four_figures(value, expected):
 
 def test_check_results_names_each_problem(tmp_path):
     results = json.loads(json.dumps(_results(tmp_path), default=str))
-    results["variants"]["openvino-fp32"]["workloads"]["blog"]["tpot_s"]["median"] = float("nan")
-    results["variants"]["pytorch-fp32"]["load_compile_s"] = 0
+    results["contenders"]["openvino-fp32"]["workloads"]["blog"]["tpot_s"]["median"] = float("nan")
+    results["contenders"]["pytorch-fp32"]["load_compile_s"] = 0
     del results["quality"]["openvino-fp32"]
-    results["variants"]["openvino-fp32"]["stages"]["blog"]["first_token"]["rest"] = -0.1
-    del results["variants"]["pytorch-fp32"]["stages"]
+    results["contenders"]["openvino-fp32"]["stages"]["blog"]["first_token"]["rest"] = -0.1
+    del results["contenders"]["pytorch-fp32"]["stages"]
     problems = report.check_results(results, ["pytorch-fp32", "openvino-fp32", "openvino-int8"], ["blog", "photo"])
     text = "\n".join(problems)
-    for expected in ("variants.openvino-int8 is missing", "workloads.photo is missing",
-                     "variants.openvino-fp32.workloads.blog.tpot_s.median", "variants.pytorch-fp32.load_compile_s",
-                     "quality.openvino-fp32 is missing", "variants.pytorch-fp32.stages.blog is missing",
-                     "variants.openvino-fp32.stages.blog.first_token.rest is -0.1"):
+    for expected in ("contenders.openvino-int8 is missing", "workloads.photo is missing",
+                     "contenders.openvino-fp32.workloads.blog.tpot_s.median", "contenders.pytorch-fp32.load_compile_s",
+                     "quality.openvino-fp32 is missing", "contenders.pytorch-fp32.stages.blog is missing",
+                     "contenders.openvino-fp32.stages.blog.first_token.rest is -0.1"):
         assert expected in text
 
 
 def test_markdown_tables(tmp_path):
     results = _results(tmp_path)
-    results["variants"]["openvino-int4"] = {"label": "INT4", "backend": "openvino", "error": "crashed"}
+    results["contenders"]["openvino-int4"] = {"label": "INT4", "backend": "openvino", "error": "crashed"}
     table = report.markdown_table(results, "blog")
     lines = table.splitlines()
     assert lines[0].startswith("*blog workload") and "stand-in" in lines[0] and "10.0 GB/s" in lines[0]
     rows = [line for line in lines if line.startswith("| ")]
-    assert len(rows) == 1 + 3  # header + one row per variant
+    assert len(rows) == 1 + 3  # header + one row per contender
     assert "crashed" in rows[-1]
     comparison = report.comparison_markdown(results).splitlines()
     assert comparison[0].startswith("| comparison | figure") and "12.3x" in comparison[2]
@@ -325,16 +345,16 @@ def test_the_readme_describes_results_json_as_result_fields_does():
     readme = (REPO_ROOT / "README.md").read_text()
     table = readme[readme.index("| field | meaning |"):].split("\n\n")[0].splitlines()[2:]
     assert table == [f"| `{key}` | {meaning} |" for key, meaning in report.RESULT_FIELDS.items()]
-    for key in ("variants.<v>.stages.<w>", "peer_comparison", "compile_cache.<v>", "quality.<v>", "comparison"):
+    for key in ("contenders.<c>.stages.<w>", "peer_comparison", "compile_cache.<c>", "quality.<c>", "comparison"):
         assert report.RESULT_FIELDS[key]
 
 
-def test_a_variant_that_fails_is_recorded_with_the_reason(prepared, capsys):
+def test_a_contender_that_fails_is_recorded_with_the_reason(prepared, capsys):
     def load(threads):
         raise OSError("no such checkpoint")
 
-    record, extra = bench.measure_variant(bench.Candidate("pytorch-fp32", "PyTorch FP32", "pytorch", load),
-                                          prepared, 1, warmup=0, iterations={"blog": 1, "photo": 1})
+    record, extra = bench.measure_contender(bench.Contender("pytorch-fp32", "PyTorch FP32", "pytorch", load),
+                                            prepared, 1, warmup=0, iterations={"blog": 1, "photo": 1})
     assert record["error"] == "OSError: no such checkpoint" and extra is None
     assert "failed" in capsys.readouterr().out
 
@@ -465,11 +485,11 @@ def test_the_recommendation_follows_the_figures_and_the_quality_floor():
         return {"label": "x", "workloads": {"photo": {"ttft_s": fig(ttft), "decode_tok_s": fig(decode)},
                                             "text": {"ttft_s": fig(0.1), "decode_tok_s": fig(decode)}}}
 
-    results = {"variants": {"fp32": rec(9.0, 40.0), "int4": rec(8.0, 60.0), "mixed": rec(6.0, 50.0),
+    results = {"contenders": {"fp32": rec(9.0, 40.0), "int4": rec(8.0, 60.0), "mixed": rec(6.0, 50.0),
                             "broken": rec(1.0, 500.0)},
                "quality": {"fp32": {"similarity": 1.0}, "int4": {"similarity": 0.93}, "mixed": {"similarity": 0.95},
                            "broken": {"similarity": 0.4}}}
     picks = report.recommend(results)
-    assert picks["photos"]["variant"] == "mixed" and picks["photos"]["runner_up"] == "int4"
-    assert picks["long answers"]["variant"] == "int4" and picks["long answers"]["runner_up_decode_tok_s"] == 50.0
-    assert report.recommend({"variants": {}, "quality": {}}) == {}
+    assert picks["photos"]["contender"] == "mixed" and picks["photos"]["runner_up"] == "int4"
+    assert picks["long answers"]["contender"] == "int4" and picks["long answers"]["runner_up_decode_tok_s"] == 50.0
+    assert report.recommend({"contenders": {}, "quality": {}}) == {}

@@ -5,14 +5,13 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from helpers import bench, greedy
+from helpers import chat, greedy
 
 
 @pytest.fixture(scope="module")
 def text_inputs(tiny_loaded):
     _, processor = tiny_loaded
-    return processor(text=bench.chat_prompt(processor, "Tell me about the sea.", with_image=False),
-                     return_tensors="pt")
+    return chat.question_inputs(processor, "Tell me about the sea.")
 
 
 def _generate(model, inputs, n):
@@ -22,7 +21,7 @@ def _generate(model, inputs, n):
 
 def test_same_tokens_as_generate_with_and_without_an_image(tiny_loaded, text_inputs):
     model, processor = tiny_loaded
-    photo = bench.image_inputs(processor, Image.new("RGB", (640, 480), "orange"), "What is this?", longest_edge=512)
+    photo = chat.question_inputs(processor, "What is this?", Image.new("RGB", (640, 480), "orange"), longest_edge=512)
     for inputs in (text_inputs, photo):
         tokens, start, times = greedy.direct_greedy(model, inputs, 12)
         assert tokens == _generate(model, inputs, 12)

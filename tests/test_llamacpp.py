@@ -18,7 +18,7 @@ except ImportError:
     pytest.skip("llama-cpp-python is not installed (it is built from source; see the Makefile)",
                 allow_module_level=True)
 
-from helpers import bench, llamacpp
+from helpers import bench, chat, images, llamacpp
 from helpers.paths import models_dir
 
 @pytest.fixture(scope="module")
@@ -35,9 +35,9 @@ def model(gguf):
 
 
 def test_chat_text_is_the_processors_prompt(tiny_processor):
-    assert llamacpp.chat_text("What is in this image?", True) == bench.chat_prompt(tiny_processor,
-                                                                                  "What is in this image?")
-    assert llamacpp.chat_text("Hi?", False) == bench.chat_prompt(tiny_processor, "Hi?", with_image=False)
+    assert llamacpp.chat_text("What is in this image?", True) == chat.prompt_text(tiny_processor,
+                                                                                 "What is in this image?", 1)
+    assert llamacpp.chat_text("Hi?", False) == chat.prompt_text(tiny_processor, "Hi?")
 
 
 def test_a_tokenizer_without_the_image_wrapper_tokens_is_refused_with_a_reason(tmp_path):
@@ -109,13 +109,12 @@ def test_exactly_n_new_tokens(model, photo):
 
 @pytest.mark.slow
 def test_tiles_and_tokens_match_transformers(model, tiny):
-    from PIL import Image
     from transformers import AutoProcessor
 
     processor = AutoProcessor.from_pretrained(tiny.source)
     question = "What is in this image?"
-    image = Image.open(llamacpp.data.photo_path("cat")).convert("RGB")
-    hf = bench.image_inputs(processor, image, question)
+    image = images.load_image(llamacpp.data.photo_path("cat"))
+    hf = chat.question_inputs(processor, question, image)
     p = llamacpp.prompt(model, question, image)
     image_token = processor.tokenizer.convert_tokens_to_ids("<image>")
     assert p.facts["image_tiles"] == hf["pixel_values"].shape[1] == 13  # 4x3 tiles + the global view
@@ -127,9 +126,9 @@ def test_tiles_and_tokens_match_transformers(model, tiny):
 
 
 @pytest.mark.slow
-def test_measure_variant_record(gguf):
+def test_measure_contender_record(gguf):
     workloads = {"text": dataclasses.replace(bench.WORKLOADS["text"], new_tokens=4)}
-    record, seen = llamacpp.measure_variant(gguf[0], "q4_0", 2, workloads, warmup=0, iterations={"text": 2},
+    record, seen = llamacpp.measure_contender(gguf[0], "q4_0", 2, workloads, warmup=0, iterations={"text": 2},
                                             then=lambda m: m.lm_type)
     assert seen == "q4_0" and "error" not in record
     assert record["backend"] == "llama.cpp" and record["threads"] == 2 and record["load_compile_s"] > 0
@@ -148,7 +147,7 @@ def test_a_missing_file_is_recorded_not_raised(gguf, tmp_path):
     broken = tmp_path / "gguf"
     shutil.copytree(gguf[0], broken)
     (broken / llamacpp.MMPROJ).write_bytes(b"GGUF")
-    record, seen = llamacpp.measure_variant(broken, "q8_0", 2, {}, then=lambda m: "loaded")
+    record, seen = llamacpp.measure_contender(broken, "q8_0", 2, {}, then=lambda m: "loaded")
     assert seen is None and "error" in record and "workloads" not in record
 
 

@@ -6,9 +6,8 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from helpers import data, export, quantize
+from helpers import chat, data, export, quantize
 
 
 def _write_ir(folder, build_model):
@@ -87,6 +86,14 @@ def test_int4_recipe_puts_4bit_weights_in_the_language_model_only(tiny):
     others = counts.drop(index="language_model")
     assert (others["int4"] == 0).all() and (others["int8"] > 0).all()
     assert (counts["fake_quantize"] == 0).all()
+
+
+@pytest.mark.parametrize("variant", ["int8", "int4"])
+def test_the_command_line_makes_what_the_python_api_makes(tiny, tmp_path, variant):
+    command = quantize.cli_command(tiny.source, variant)
+    assert command[:3] == ["optimum-cli", "export", "openvino"] and f"int{quantize.RECIPES[variant]['bits']}" in command
+    cli_dir = export.run_cli(command, tmp_path / f"{variant}-cli")
+    assert quantize.count_quantized(cli_dir).equals(quantize.count_quantized(quantize.ensure_variant(tiny, variant)))
 
 
 def test_awq_recipe_keeps_int4s_graph_but_changes_its_weights(tiny):
@@ -197,12 +204,9 @@ def test_combined_variant_is_rebuilt_when_a_source_variant_changed(tiny, capsys)
 def test_calibration_sees_one_tile_per_photo_and_the_ranges_can_be_compared(tiny, tmp_path):
     from transformers import AutoProcessor
 
-    from helpers import bench
-
     fp_dir = export.variant_dir(tiny, "fp32")
     processor = AutoProcessor.from_pretrained(quantize.calibration_processor(fp_dir))
-    inputs = processor(text=bench.chat_prompt(processor, "What is in this image?"),
-                       images=[Image.open(data.photo_path("cat")).convert("RGB")], return_tensors="pt")
+    inputs = chat.question_inputs(processor, "What is in this image?", data.photo_path("cat"))
     assert inputs["pixel_values"].shape[1] == 1  # one 512x512 image instead of 13 tiles
     mixed = quantize.ensure_variant(tiny, "mixed")
     same = quantize.compare_ranges(mixed, mixed)
@@ -225,11 +229,13 @@ def test_cost_and_size_tables_describe_the_built_variants(tiny):
 
 def test_same_model_gives_the_same_answer(tiny):
     fp = quantize.ensure_variant(tiny, "fp32")
-    answers = quantize.answers_side_by_side({"a": fp, "b": fp}, max_new_tokens=4)
-    assert list(answers.index) == ["a", "b"]
-    assert (answers["new tokens"] <= 4).all()
-    assert answers.loc["b", "first tokens same as a"] == answers.loc["b", "new tokens"]
-    assert answers.loc["a", "answer"] == answers.loc["b", "answer"]
+    questions = [("astronaut", "What is in this image?"), (None, "What is the capital of France?")]
+    answers = quantize.answers_side_by_side({"a": fp, "b": fp}, questions, max_new_tokens=4)
+    assert list(answers.index) == [(q, v) for v in "ab" for _, q in questions]
+    assert ((answers["new tokens"] >= 1) & (answers["new tokens"] <= 4)).all()
+    for _, question in questions:
+        a, b = answers.loc[(question, "a")], answers.loc[(question, "b")]
+        assert b["first tokens same as a"] == b["new tokens"] and a["answer"] == b["answer"]
 
 
 def test_a_failed_build_leaves_no_variant_and_no_record(tiny):
@@ -250,3 +256,6 @@ def test_unknown_recipes_are_refused(tiny):
         quantize.default_config("mixed")
     with pytest.raises(ValueError, match="unknown quantization recipe"):
         quantize.default_config("fp16")
+    for variant in ("int4-awq", "mixed"):
+        with pytest.raises(ValueError, match="no optimum-cli equivalent"):
+            quantize.cli_command(tiny.source, variant)
