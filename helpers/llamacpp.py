@@ -532,10 +532,13 @@ def measure_contender(folder: Path, lm_type: str, threads: int, workloads: dict[
                       lm_bytes_per_token_MB=bench.significant(lm_bytes_per_token(folder / lm_file(lm_type)) / 1e6))
         return model
 
-    result = bench.measure_session(
-        record, load_and_describe,
-        lambda model: {name: run_workload(model, w, warmup, iterations.get(name, 3)) for name, w in workloads.items()},
-        then, close=lambda model: model.close())
+    result = None
+    with bench.loaded(record, load_and_describe, close=lambda model: model.close()) as session:
+        if session.model is not None:
+            record["workloads"] = {name: run_workload(session.model, w, warmup, iterations.get(name, 3))
+                                   for name, w in workloads.items()}
+            if then is not None:
+                result = then(session.model)
     return record, result
 
 

@@ -58,8 +58,8 @@ RESULT_FIELDS = {
     "workloads.<w>.facts hold llama.cpp's own image_tiles, image_tokens and prompt_tokens",
     "contenders.<c>.load_compile_s": "seconds from from_pretrained to a model ready to generate (OpenVINO: "
     "reading and compiling the IR; PyTorch: loading the checkpoint)",
-    "contenders.<c>.peak_rss_MB / rss_before_MB": "peak resident memory of the process while loading and "
-    "benchmarking this contender (psutil, sampled every 0.1 s) / before loading it; contenders run one after "
+    "contenders.<c>.peak_rss_MB / rss_before_MB": "peak resident memory of the process while this contender "
+    "was loaded, benchmarked and asked the quality questions (psutil, sampled every 0.1 s) / before loading it; contenders run one after "
     "another in one process and are freed in between, so the difference is the contender's own cost",
     "contenders.<c>.ir_size_MB": "OpenVINO IR size on disk (.xml + .bin of the three submodels); null for PyTorch",
     "contenders.<c>.lm_bytes_per_token_MB": "bytes of language-model weights read per generated token, at the "

@@ -67,3 +67,13 @@ def one_sentence(error_type, call, *args, **kwargs) -> str:
     message = str(err.value)
     assert isinstance(err.value, ValueError) and message.endswith(".") and "\n" not in message
     return message
+
+
+def fake_export(folder) -> None:
+    """Write the files of a complete SmolVLM export into ``folder`` (their contents don't matter to the atomic
+    logic: a build function for :func:`helpers.export.build_atomically`)."""
+    for name in export.LOAD_FILES:
+        (folder / name).write_text("{}")
+    for stem in export.SUBMODELS.values():
+        (folder / f"{stem}.xml").write_text("<net/>")
+        (folder / f"{stem}.bin").write_bytes(b"\0" * 10)

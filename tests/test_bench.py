@@ -191,12 +191,11 @@ def _pytorch_contender(tiny, loads):
     return bench.Contender("pytorch-fp32", "PyTorch FP32", "pytorch", load)
 
 
-def test_measure_contender_records_everything_and_runs_the_follow_up(tiny, prepared):
-    loads, seen = [], []
-    record, extra = bench.measure_contender(_pytorch_contender(tiny, loads), prepared, 1, warmup=0,
-                                          iterations={"blog": 2, "photo": 1, "text": 1},
-                                          then=lambda model: seen.append(model) or "answers")
-    assert loads == [1] and len(seen) == 1 and extra == "answers"
+def test_measure_contender_records_everything(tiny, prepared):
+    loads = []
+    record = bench.measure_contender(_pytorch_contender(tiny, loads), prepared, 1, warmup=0,
+                                     iterations={"blog": 2, "photo": 1, "text": 1})
+    assert loads == [1] and "error" not in record
     assert record["threads"] == 1 and record["precision"] == "float32" and record["ir_size_MB"] is None
     assert record["load_compile_s"] > 0 and record["peak_rss_MB"] >= record["rss_before_MB"] > 0
     assert record["workloads"]["blog"]["e2e_s"]["n"] == 2 and record["workloads"]["photo"]["e2e_s"]["n"] == 1
@@ -211,8 +210,8 @@ def test_a_contender_that_would_crash_openvino_is_recorded_not_loaded(fp32_dir, 
         raise AssertionError("must not be loaded")
 
     contender = bench.Contender("openvino-fp32", "OpenVINO FP32", "openvino", load, ir_dir=fp32_dir)
-    record, extra = bench.measure_contender(contender, prepared, 1, warmup=0, iterations={"blog": 1, "photo": 1})
-    assert "crashes" in record["error"] and extra is None and record["ir_size_MB"] > 0
+    record = bench.measure_contender(contender, prepared, 1, warmup=0, iterations={"blog": 1, "photo": 1})
+    assert "crashes" in record["error"] and "workloads" not in record and record["ir_size_MB"] > 0
     rows = bench.threads_sweep(contender, prepared["blog"], (1, 2), 1, known={2: {
         "ttft_s": {"median": 0.5}, "tpot_s": {"median": 0.1}, "decode_tok_s": {"median": 10.0}}})
     assert "skipped" in rows[0] and rows[1] == {"threads": 2, "ttft_s": 0.5, "tpot_s": 0.1, "decode_tok_s": 10.0}
@@ -353,10 +352,25 @@ def test_a_contender_that_fails_is_recorded_with_the_reason(prepared, capsys):
     def load(threads):
         raise OSError("no such checkpoint")
 
-    record, extra = bench.measure_contender(bench.Contender("pytorch-fp32", "PyTorch FP32", "pytorch", load),
-                                            prepared, 1, warmup=0, iterations={"blog": 1, "photo": 1})
-    assert record["error"] == "OSError: no such checkpoint" and extra is None
+    record = bench.measure_contender(bench.Contender("pytorch-fp32", "PyTorch FP32", "pytorch", load),
+                                     prepared, 1, warmup=0, iterations={"blog": 1, "photo": 1})
+    assert record["error"] == "OSError: no such checkpoint" and "workloads" not in record
     assert "failed" in capsys.readouterr().out
+
+
+def test_a_failure_inside_the_loaded_block_is_recorded_and_the_model_freed(tiny, capsys):
+    loads, closed = [], []
+    record = bench.new_record(_pytorch_contender(tiny, loads), 1)
+    with bench.loaded(record, lambda: "a model", close=closed.append) as session:
+        assert session.model == "a model"
+        raise MemoryError("out of memory while answering")
+    assert record["error"] == "MemoryError: out of memory while answering" and record["load_compile_s"] > 0
+    assert session.model is None and closed == ["a model"] and "failed" in capsys.readouterr().out
+    quiet = bench.new_record(_pytorch_contender(tiny, loads), 1)
+    with bench.loaded(quiet, lambda: "a model") as session:
+        pass
+    assert "error" not in quiet and quiet["peak_rss_MB"] >= quiet["rss_before_MB"] > 0
+    assert 0 <= quiet["other_processes_cpu_share"] <= 1
 
 
 def test_peer_comparison_pairs_the_same_bits_and_the_fastest_of_each():

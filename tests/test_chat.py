@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from conftest import one_sentence
+from conftest import fake_export, one_sentence
 from helpers import chat, data, images
 
 CAT, COFFEE = data.photo_path("cat"), data.photo_path("coffee")
@@ -180,13 +180,6 @@ def test_a_failing_consumer_stops_generation(tiny_loaded):
 
 def test_a_damaged_model_folder_is_named_not_loaded(tmp_path):
     from helpers import export
-
-    def fake_export(folder):
-        for name in export.LOAD_FILES:
-            (folder / name).write_text("{}")
-        for stem in export.SUBMODELS.values():
-            (folder / f"{stem}.xml").write_text("<net/>")
-            (folder / f"{stem}.bin").write_bytes(b"\0" * 10)
 
     folder = export.build_atomically(tmp_path / "int8", fake_export)
     (folder / "openvino_language_model.bin").write_bytes(b"\0" * 3)  # truncated copy

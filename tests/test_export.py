@@ -10,25 +10,17 @@ import sys
 import time
 
 import pytest
+from conftest import fake_export
 
 from helpers import export
-
-
-def _fake_export(folder):
-    """Write the files of a complete SmolVLM export (contents don't matter to the atomic logic)."""
-    for name in export.LOAD_FILES:
-        (folder / name).write_text("{}")
-    for stem in export.SUBMODELS.values():
-        (folder / f"{stem}.xml").write_text("<net/>")
-        (folder / f"{stem}.bin").write_bytes(b"\0" * 10)
 
 
 def test_complete_build_is_moved_into_place_then_skipped(tmp_path, capsys):
     dest = tmp_path / "fp32"
     calls = []
-    export.build_atomically(dest, lambda f: calls.append(f) or _fake_export(f))
+    export.build_atomically(dest, lambda f: calls.append(f) or fake_export(f))
     assert export.is_complete(dest) and not (tmp_path / "fp32.partial").exists()
-    export.build_atomically(dest, lambda f: calls.append(f) or _fake_export(f))
+    export.build_atomically(dest, lambda f: calls.append(f) or fake_export(f))
     assert len(calls) == 1
     assert "Skipped" in capsys.readouterr().out
 
@@ -57,7 +49,7 @@ def test_leftovers_of_an_interrupted_run_are_reported_and_rebuilt(tmp_path, caps
     (tmp_path / "int8.partial").mkdir()
     dest.mkdir()
     (dest / "config.json").write_text("{}")  # e.g. copied by hand, never finished
-    export.build_atomically(dest, _fake_export)
+    export.build_atomically(dest, fake_export)
     out = capsys.readouterr().out
     assert "unusable folder" in out and "missing openvino_language_model.xml" in out and "interrupted run" in out
     assert export.is_complete(dest)
@@ -82,18 +74,18 @@ def test_tiny_model_exports_with_three_submodels(tmp_path, tiny_standin):
 
 
 def test_a_truncated_weights_file_is_detected_named_and_rebuilt(tmp_path, capsys):
-    dest = export.build_atomically(tmp_path / "int8", _fake_export)
+    dest = export.build_atomically(tmp_path / "int8", fake_export)
     bin_ = dest / "openvino_language_model.bin"
     bin_.write_bytes(b"\0" * 3)  # e.g. a copy to a USB stick that ran out of space
     assert export.problems(dest) == ["openvino_language_model.bin is 3 bytes but was 10 bytes when written"]
     with pytest.raises(export.CorruptIRError, match="openvino_language_model.bin is 3 bytes.*delete .*int8"):
         export.check_ir(dest)
-    export.build_atomically(dest, _fake_export)
+    export.build_atomically(dest, fake_export)
     assert "unusable folder" in capsys.readouterr().out and bin_.stat().st_size == 10
 
 
 def test_an_export_from_other_library_versions_is_stale(tmp_path):
-    dest = export.build_atomically(tmp_path / "fp32", _fake_export)
+    dest = export.build_atomically(tmp_path / "fp32", fake_export)
     marker = json.loads((dest / export.COMPLETE_MARKER).read_text())
     marker["optimum-intel"] = "1.25.2"
     (dest / export.COMPLETE_MARKER).write_text(json.dumps(marker))
@@ -124,7 +116,7 @@ def test_not_enough_disk_is_said_before_writing(tmp_path, monkeypatch):
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 10**12 - 10**8, 10**8))
     with pytest.raises(export.InsufficientDiskSpaceError, match=r"needs about 1,000 MB and only 100 MB are free"):
-        export.build_atomically(tmp_path / "fp32", _fake_export, needed_bytes=10**9)
+        export.build_atomically(tmp_path / "fp32", fake_export, needed_bytes=10**9)
     assert not (tmp_path / "fp32").exists() and not (tmp_path / "fp32.partial").exists()
 
 
