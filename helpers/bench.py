@@ -35,7 +35,6 @@ from helpers import chat, data, hardware, images
 
 QUICK_ENV = "VLM_QUICK"  # the test suite sets it: every figure a couple of times, to check that all works
 FULL_ENV = "VLM_FULL"  # `make run FULL=1`: every contender, more iterations, the long sweeps (about an hour)
-TILE_SIZE = 512  # SmolVLM's tile edge in pixels
 
 
 def _env_flag(name: str) -> bool:
@@ -145,7 +144,7 @@ class Workload:
 
 
 WORKLOADS = {
-    "blog": Workload("blog", "astronaut", "What is in this image?", 16, TILE_SIZE,
+    "blog": Workload("blog", "astronaut", "What is in this image?", 16, images.TILE_SIZE,
                      "the source's setup: one 512x512 tile, a short prompt, exactly 16 new tokens"),
     "photo": Workload("photo", "cat", "Describe this image in detail.", 64, None,
                       "a real photo with the processor's default tiling, 64 new tokens"),

@@ -32,6 +32,7 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+TILE_SIZE = 512  # SmolVLM cuts images into tiles of this edge, in pixels
 MAX_EDGE = 2048
 MIN_EDGE = 16
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image]

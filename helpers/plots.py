@@ -46,8 +46,8 @@ def speed_bars(results: dict, workloads: tuple[str, ...] = ("blog", "photo", "te
     panels = (("ttft_s", "time to first token (s)", 1.0), ("decode_tok_s", "decode (tokens/s, higher is better)", 1.0),
               ("e2e_s", "end-to-end (s)", 1.0))
     workloads = tuple(w for w in workloads if _measured(results, w))
-    fig, axes = plt.subplots(len(workloads), len(panels), figsize=(14, 1.2 + 0.45 * len(results["contenders"]) * len(workloads)),
-                             squeeze=False)
+    height = 1.2 + 0.45 * len(results["contenders"]) * len(workloads)
+    fig, axes = plt.subplots(len(workloads), len(panels), figsize=(14, height), squeeze=False)
     for row, workload in enumerate(workloads):
         measured = _measured(results, workload)
         labels = [r["label"] for _, r, _ in measured]

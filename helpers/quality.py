@@ -26,10 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from helpers import chat, data
+from helpers import chat, data, images
 
 SIMILARITY_FLOOR = 0.90  # who_what_benchmark's usual floor; about 0.95 is typical for 8-bit weight-only
-EVAL_LONGEST_EDGE = 512  # one 512-pixel tile per photo keeps 12 questions x 12 contenders affordable on 2 cores
+# one tile per photo keeps 12 questions x 12 contenders affordable on 2 cores
+EVAL_LONGEST_EDGE = images.TILE_SIZE
 
 
 @dataclass

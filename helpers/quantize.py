@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from helpers import atomic, chat, data, export, memory
+from helpers import atomic, chat, data, export, images, memory
 from helpers.models import ModelChoice
 
 RECIPE_FILE = "quantization.json"
@@ -21,7 +21,7 @@ DEFAULT_NUM_SAMPLES = 50  # the source blog's calibration size; data/ ships fewe
 # The mixed recipe calibrates the vision encoder on each photo as one 512x512 image (the processor's
 # longest_edge): with SmolVLM's default (2048) every photo becomes up to 17 tiles, which made calibration take
 # most of notebook 02's time; the README compares the activation ranges of both calibrations.
-CALIBRATION_LONGEST_EDGE = 512
+CALIBRATION_LONGEST_EDGE = images.TILE_SIZE
 # Variants put together from the submodels of others, no quantizer run: for each submodel (as
 # helpers.export.SUBMODELS names them), the variant it comes from. An IR variant is three separate IR files, and
 # each recipe quantizes each submodel on its own (the static vision encoder is calibrated on vision activations
@@ -89,8 +89,8 @@ def default_config(variant: str, processor_dir: Path | None = None, num_samples:
 def cli_command(source: str, variant: str) -> list[str]:
     """The ``optimum-cli export openvino`` command that exports ``source`` and compresses it like the weight-only
     recipe ``variant`` (``int8`` or ``int4``, from :data:`RECIPES`); the output folder goes last."""
-    recipe = RECIPES.get(variant, {"calibration": True})  # mixed, mixed-int4: no weight-only recipe
-    if set(recipe) - {"bits", "sym", "group_size", "ratio", "group_size_fallback"}:
+    recipe = RECIPES.get(variant)
+    if recipe is None or set(recipe) - {"bits", "sym", "group_size", "ratio", "group_size_fallback"}:
         raise ValueError(f"recipe {variant!r} has no optimum-cli equivalent (it needs calibration data)")
     command = ["optimum-cli", "export", "openvino", "--model", str(source), "--task", "image-text-to-text",
                "--weight-format", f"int{recipe['bits']}"]
@@ -140,7 +140,8 @@ def ensure_variant(choice: ModelChoice, variant: str, *, force: bool = False) ->
     """The complete IR folder of ``variant`` (``fp32`` or one of :data:`QUANTIZED_VARIANTS`), built now if
     missing.
 
-    Uses the recipes of notebook 02 (:data:`RECIPES`, :func:`default_config`) on the FP32 IR, which is exported first if needed.
+    Uses the recipes of notebook 02 (:data:`RECIPES`, :func:`default_config`) on the FP32 IR, which is exported
+    first if needed.
     A complete folder is reused as it is; builds are atomic (:func:`helpers.export.build_atomically`).
     """
     if variant == "fp32":
@@ -417,8 +418,10 @@ def plot_sizes(table, title: str = "IR size on disk per variant"):
 
 
 def answers_side_by_side(
-    folders: dict[str, Path], questions: Sequence[tuple[str | None, str]] = (("astronaut", "Describe this image briefly."),),
-    max_new_tokens: int = 20, longest_edge: int | None = 512,
+    folders: dict[str, Path],
+    questions: Sequence[tuple[str | None, str]] = (("astronaut", "Describe this image briefly."),),
+    max_new_tokens: int = 20,
+    longest_edge: int | None = images.TILE_SIZE,
 ):
     """Ask every variant the same questions (``(photo, question)`` pairs; photo ``None``: text only), greedy, at
     most ``max_new_tokens``, photos at ``longest_edge`` (512: one tile, quick). Each variant is loaded once.

@@ -59,7 +59,8 @@ RESULT_FIELDS = {
     "contenders.<c>.load_compile_s": "seconds from from_pretrained to a model ready to generate (OpenVINO: "
     "reading and compiling the IR; PyTorch: loading the checkpoint)",
     "contenders.<c>.peak_rss_MB / rss_before_MB": "peak resident memory of the process while this contender "
-    "was loaded, benchmarked and asked the quality questions (psutil, sampled every 0.1 s) / before loading it; contenders run one after "
+    "was loaded, benchmarked and asked the quality questions (psutil, sampled every 0.1 s) / before loading it; "
+    "contenders run one after "
     "another in one process and are freed in between, so the difference is the contender's own cost",
     "contenders.<c>.ir_size_MB": "OpenVINO IR size on disk (.xml + .bin of the three submodels); null for PyTorch",
     "contenders.<c>.lm_bytes_per_token_MB": "bytes of language-model weights read per generated token, at the "
@@ -98,10 +99,12 @@ RESULT_FIELDS = {
     "busy_core": "decode tokens/s of the contender named (OpenVINO INT4) on a text prompt in a fresh process, idle "
     "(idle_tok_s) and with another program keeping one core busy (busy_tok_s), and loss, the share of the idle "
     "speed lost; once with OMP_WAIT_POLICY unset and once PASSIVE (policies)",
-    "four_bit_vs_int4.<c>": "the data-aware 4-bit contenders (openvino-int4-awq, openvino-int4-ratio) against plain INT4 on the same "
+    "four_bit_vs_int4.<c>": "the data-aware 4-bit contenders (openvino-int4-awq, openvino-int4-ratio) against plain INT4 "
+    "on the same "
     "questions: per figure (token_agreement, kl_mean; text_accuracy with a real language model) the mean "
     "difference (theirs minus INT4's), its 95% paired bootstrap interval (ci) and real (the interval leaves out 0)",
-    "recommendation": "which contender to pick (its key: contender), derived from the figures: for photos (lowest photo TTFT) and for long "
+    "recommendation": "which contender to pick (its key: contender), derived from the figures: for photos (lowest "
+    "photo TTFT) and for long "
     "answers (fastest text decoding) among the contenders whose answer similarity is at least 0.90; each with its "
     "figure, similarity and the runner-up",
     "scaling.tiles": "per contender: TTFT (median, s) for one photo scaled to longest_edge 512/1024/1536/2048 px "

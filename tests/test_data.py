@@ -16,8 +16,9 @@ from helpers import data
 from helpers.paths import DATA_DIR, REPO_ROOT
 
 
-def _make_video_script():
-    """``data/make_video.py``, the script that made the committed clip, imported as a module."""
+@pytest.fixture(scope="module")
+def make_video():
+    """``data/make_video.py``, the script that made the committed clip, imported once as a module."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("make_video", DATA_DIR / "make_video.py")
@@ -145,18 +146,18 @@ def test_eval_set_has_answers():
     assert answers["What animal is this?"] == "a cat"
 
 
-def test_committed_video_decodes():
+def test_committed_video_decodes(make_video):
     path = data.video_path()
     assert path == DATA_DIR / "video" / "slideshow.mp4"
     assert path.stat().st_size < 500_000
     n_frames, size, fps = _decode(path)
     assert n_frames == EXPECTED_FRAMES
-    assert size == _make_video_script().VIDEO_SIZE
-    assert fps == _make_video_script().VIDEO_FPS
+    assert size == make_video.VIDEO_SIZE
+    assert fps == make_video.VIDEO_FPS
 
 
-def test_make_demo_video_reproduces_committed_clip(tmp_path):
-    out = _make_video_script().make_demo_video(tmp_path / "sub" / "clip.mp4")
+def test_make_demo_video_reproduces_committed_clip(make_video, tmp_path):
+    out = make_video.make_demo_video(tmp_path / "sub" / "clip.mp4")
     assert out == tmp_path / "sub" / "clip.mp4"
     assert not list(out.parent.glob("*.partial*"))
     assert _decode(out) == _decode(data.video_path())
@@ -164,8 +165,8 @@ def test_make_demo_video_reproduces_committed_clip(tmp_path):
     assert out.read_bytes() == data.video_path().read_bytes()
 
 
-def test_make_demo_video_frame_count_follows_arguments(tmp_path):
-    out = _make_video_script().make_demo_video(
+def test_make_demo_video_frame_count_follows_arguments(make_video, tmp_path):
+    out = make_video.make_demo_video(
         tmp_path / "short.mp4", photos=["cat", "coffee"], size=(160, 120), fps=8, seconds_per_photo=1.0
     )
     assert _decode(out) == (16, (160, 120), 8.0)
