@@ -1,21 +1,7 @@
-"""Speed benchmark of *contenders* (a runtime, a checkpoint or IR variant, and its settings: PyTorch FP32,
-OpenVINO INT8...), measured the way the field measures (optimum-benchmark's ``scenarios/inference`` and OpenVINO
-GenAI's ``tools/llm_bench``).
-
-Why by hand and not optimum-benchmark: optimum-benchmark 0.6.0 (the current release) has no OpenVINO backend
-for ``image-text-to-text`` (it stops with "OVBackend does not support task image-text-to-text"), and it feeds
-random tensors, while we want real photos through the real processor. What it measures we measure the same way:
-
-- warm-up calls first (not counted), then several timed calls; the median and the spread (min, max) of each;
-- greedy, batch 1, a fixed output length (``min_new_tokens = max_new_tokens``);
-- **TTFT**: from the call to ``generate`` to the first new token (vision encoding and prefill included, the
-  processor's resizing and tiling not: that is ``preprocess_s``, the same for every contender);
-- **TPOT**: the mean gap between later tokens, ``(t_last - t_first) / (n - 1)``; decode tokens/s = 1 / TPOT;
-- **end-to-end**: the whole ``generate`` call; load + compile time; peak memory (RSS, sampled);
-- threads set explicitly (:mod:`helpers.hardware`).
-
-Token times come from a streamer (:class:`TokenTimes`), which ``generate`` calls once with the prompt and then
-once per new token, in PyTorch and in Optimum Intel alike.
+"""Speed benchmark of *contenders* (runtime + weights + settings: PyTorch FP32, OpenVINO INT8...), measured as
+optimum-benchmark (``scenarios/inference``) and OpenVINO GenAI's ``tools/llm_bench`` do: warm-up, then the median
+and spread of timed greedy ``generate`` calls of a fixed length; TTFT, TPOT, decode tokens/s, end-to-end, load
+time, peak memory. By hand because optimum-benchmark 0.6.0 has no OpenVINO ``image-text-to-text`` (notebook 04).
 """
 
 from __future__ import annotations
@@ -53,13 +39,12 @@ def plan_mode() -> str:
 
 @dataclass(frozen=True)
 class Plan:
-    """How much the notebook measures. :func:`plan` picks the quick, default or full setting."""
+    """How much notebook 04 measures; :func:`plan` picks the quick, default or full setting."""
 
     mode: str  # "quick", "default" or "full"
     contenders: tuple[str, ...] | None  # keys of the contenders measured (None: every one)
     llamacpp_types: tuple[str, ...]  # GGUF types of the language model measured in llama.cpp
-    side_contenders: tuple[str, ...] | None  # contenders of the side studies: generate vs the direct loop, compile
-    # cache, the tiles/context/threads sweeps (None: every one they apply to)
+    side_contenders: tuple[str, ...] | None  # contenders of the side studies (loop, compile cache, sweeps); None: all
     warmup: int  # untimed generate calls per workload, before the timed ones
     iterations: dict[str, int]  # timed generate calls per workload
     tile_edges: tuple[int, ...]  # processor longest_edge values for the TTFT-vs-tiles sweep
@@ -87,45 +72,34 @@ class Plan:
 def thread_counts(max_threads: int | None = None) -> tuple[int, ...]:
     """1, 2, 4, ... up to ``max_threads`` (default: the usable cores), and ``max_threads`` itself."""
     top = max_threads or hardware.usable_cores()
-    counts = {top}
-    n = 1
-    while n < top:
-        counts.add(n)
-        n *= 2
-    return tuple(sorted(counts))
+    return tuple(sorted({top} | {2**i for i in range(top.bit_length()) if 2**i < top}))
 
 
-# The default plan measures the contenders a class compares (the reference, the blog's two recipes, 4 bits and
-# llama.cpp at 4 bits) once or a few times each, and runs the side studies on the FP32 IR and INT4 only: under
-# 10 minutes with the 256M model on 2 cores.
+# The default plan: what a class compares, side studies on two (under 10 minutes, 256M model, 2 cores).
 DEFAULT_CONTENDERS = ("pytorch-fp32", "openvino-fp32", "openvino-int8", "openvino-int4", "openvino-mixed")
 DEFAULT_SIDE_CONTENDERS = ("openvino-fp32", "openvino-int4")
 
 
 def plan(mode: str | None = None) -> Plan:
-    """The plan for ``mode`` (default: :func:`plan_mode`). quick: a few calls each, every contender (tests;
-    about 2 minutes with the tiny stand-in); default: five contenders and llama.cpp Q4_0, a few calls each, side
-    studies on two (under 10 minutes for notebook 04 with the 256M model on 2 cores); full: everything (about an
-    hour)."""
+    """The plan for ``mode`` (default: :func:`plan_mode`): quick (tests, every contender a couple of times),
+    default (five contenders and llama.cpp Q4_0) or full (everything, about an hour)."""
     mode = mode or plan_mode()
-    if mode == "quick":
-        return Plan(mode, None, ("f16", "q8_0", "q4_0"), None, warmup=1,
-                    iterations={"blog": 2, "photo": 2, "text": 2},
-                    tile_edges=(512, 1024), context_lengths=(64, 256), thread_counts=thread_counts(),
-                    sweep_iterations=1, eval_samples=3, text_samples=3, eval_new_tokens=8, stage_iterations=1,
-                    busy_seconds=1.0)
-    if mode == "default":
-        return Plan(mode, DEFAULT_CONTENDERS, ("q4_0",), DEFAULT_SIDE_CONTENDERS, warmup=1,
-                    iterations={"blog": 3, "photo": 1, "text": 2}, tile_edges=(512, 1024),
-                    context_lengths=(128, 1024), thread_counts=thread_counts(), sweep_iterations=1, eval_samples=2,
-                    text_samples=16, eval_new_tokens=24, stage_iterations=1, busy_seconds=2.0)
-    if mode == "full":
-        return Plan(mode, None, ("f16", "q8_0", "q4_0"), None, warmup=1,
-                    iterations={"blog": 10, "photo": 3, "text": 5},
-                    tile_edges=(512, 1024, 1536, 2048), context_lengths=(128, 512, 1024, 2048, 4096),
-                    thread_counts=thread_counts(), sweep_iterations=3, eval_samples=12, text_samples=None,
-                    eval_new_tokens=24, stage_iterations=2, busy_seconds=8.0)
-    raise ValueError(f"plan mode {mode!r} is not one of 'quick', 'default', 'full'")
+    every = dict(contenders=None, llamacpp_types=("f16", "q8_0", "q4_0"), side_contenders=None)
+    settings = {
+        "quick": dict(every, iterations={"blog": 2, "photo": 2, "text": 2}, tile_edges=(512, 1024),
+                      context_lengths=(64, 256), sweep_iterations=1, eval_samples=3, text_samples=3,
+                      eval_new_tokens=8, stage_iterations=1, busy_seconds=1.0),
+        "default": dict(contenders=DEFAULT_CONTENDERS, llamacpp_types=("q4_0",),
+                        side_contenders=DEFAULT_SIDE_CONTENDERS, iterations={"blog": 3, "photo": 1, "text": 2},
+                        tile_edges=(512, 1024), context_lengths=(128, 1024), sweep_iterations=1, eval_samples=2,
+                        text_samples=16, eval_new_tokens=24, stage_iterations=1, busy_seconds=2.0),
+        "full": dict(every, iterations={"blog": 10, "photo": 3, "text": 5}, tile_edges=(512, 1024, 1536, 2048),
+                     context_lengths=(128, 512, 1024, 2048, 4096), sweep_iterations=3, eval_samples=12,
+                     text_samples=None, eval_new_tokens=24, stage_iterations=2, busy_seconds=8.0),
+    }
+    if mode not in settings:
+        raise ValueError(f"plan mode {mode!r} is not one of 'quick', 'default', 'full'")
+    return Plan(mode, warmup=1, thread_counts=thread_counts(), **settings[mode])
 
 
 # --- workloads --------------------------------------------------------------------------------------------
@@ -213,31 +187,24 @@ def context_inputs(processor, length: int):
 
 
 class TokenTimes:
-    """A ``generate`` streamer that records when each new token arrives (the chat's own loop,
-    :func:`helpers.chat.stream_answer`, stamps each token the same way: when it is chosen).
-
-    ``generate`` first hands the streamer the prompt, then each new token as soon as it is chosen; we skip the
-    prompt and keep a ``time.perf_counter()`` stamp per token.
-    """
+    """A ``generate`` streamer that stamps ``time.perf_counter()`` for each new token as it is chosen
+    (``generate`` hands it the prompt first: skipped)."""
 
     def __init__(self) -> None:
         self.times: list[float] = []
         self._prompt_seen = False
 
     def put(self, value) -> None:
-        if not self._prompt_seen:
-            self._prompt_seen = True
-            return
-        now = time.perf_counter()
-        self.times.extend([now] * max(1, getattr(value, "numel", lambda: 1)()))
+        if self._prompt_seen:
+            self.times.extend([time.perf_counter()] * max(1, getattr(value, "numel", lambda: 1)()))
+        self._prompt_seen = True
 
     def end(self) -> None:
         pass
 
 
 def generate_timed(model, inputs, new_tokens: int) -> tuple[float, list[float], float]:
-    """One greedy ``generate`` call of exactly ``new_tokens`` tokens: ``(start, time of each new token, end)``
-    (``time.perf_counter()`` values)."""
+    """One greedy ``generate`` call of exactly ``new_tokens`` tokens: ``(start, [time of each token], end)``."""
     if new_tokens < 2:
         raise ValueError(f"new_tokens must be >= 2 to measure time per token, got {new_tokens}")
     clock = TokenTimes()
@@ -251,20 +218,18 @@ def generate_timed(model, inputs, new_tokens: int) -> tuple[float, list[float], 
 
 
 def token_figures(start: float, times: Sequence[float], end: float) -> dict:
-    """The figures of one generation from its clock: ``start`` (the call), the time each new token was chosen
-    (at least two) and ``end`` (the return): ttft_s, tpot_s (mean gap between later tokens), decode_tok_s, e2e_s."""
+    """ttft_s, tpot_s (mean gap between later tokens), decode_tok_s (1/TPOT) and e2e_s of one generation."""
     tpot = (times[-1] - times[0]) / (len(times) - 1)
     return {"ttft_s": times[0] - start, "tpot_s": tpot, "decode_tok_s": 1.0 / tpot, "e2e_s": end - start}
 
 
 def time_generation(model, inputs, new_tokens: int) -> dict:
-    """One greedy ``generate`` call of exactly ``new_tokens`` tokens: ttft_s, tpot_s, decode_tok_s, e2e_s."""
+    """:func:`token_figures` of one :func:`generate_timed` call."""
     return token_figures(*generate_timed(model, inputs, new_tokens))
 
 
 def significant(value: float, digits: int = 4) -> float:
-    """``value`` rounded to ``digits`` significant figures. Unlike rounding to fixed decimals, a small figure
-    (a tiny model, a slow or a very fast CPU) never becomes 0."""
+    """``value`` rounded to ``digits`` significant figures (a tiny figure never becomes 0)."""
     return float(f"{value:.{digits}g}")
 
 
@@ -303,9 +268,8 @@ class Contender:
 
     def compiles_with(self, threads: int) -> bool:
         """False when OpenVINO would crash compiling this contender with ``threads`` (see hardware)."""
-        if self.backend != "openvino" or self.ir_dir is None:
-            return True
-        return hardware.openvino_compiles(self.ir_dir, hardware.openvino_config(threads, self.precision_hint))
+        return (self.backend != "openvino" or self.ir_dir is None
+                or hardware.openvino_compiles(self.ir_dir, hardware.openvino_config(threads, self.precision_hint)))
 
     def open(self, threads: int):
         """The model, loaded with ``threads`` threads; :class:`RuntimeError` where OpenVINO would crash instead."""
@@ -328,29 +292,17 @@ def runtime_precision(model) -> str:
     return str(model.dtype).replace("torch.", "")
 
 
-_HALF = {"bfloat16", "float16"}
-
-
 def lm_bytes_per_token(model) -> int:
-    """Bytes of language-model weights read to generate one token, as the runtime holds them.
-
-    OpenVINO: the constants of the language-model IR (weights, scales, zero points); FP32 weights count 2 bytes
-    when the model runs in bf16/f16, since the CPU plugin converts them when it compiles. PyTorch: the
-    parameters of the text model and output head. Both leave out the input embedding table (each token reads
-    one row of it). The KV cache is left out too: for SmolVLM2-256M about 23 kB per token of context at 16 bits
-    (30 layers x keys and values x 3 heads x 64), a couple of MB for the blog prompt but about 100 MB at 4,096
-    tokens, which is why time per token grows with the context.
-    """
+    """Bytes of language-model weights read per generated token, as the runtime holds them (OpenVINO's CPU plugin
+    converts FP32 constants to bf16/f16 when it computes in those). Leaves out the input embedding table (one row
+    per token) and the KV cache (about 23 kB per token of context for SmolVLM2-256M at 16 bits)."""
     if hasattr(model, "language_model") and hasattr(model.language_model, "model"):
-        half = runtime_precision(model) in _HALF
+        half = runtime_precision(model) in {"bfloat16", "float16"}
         total = 0
         for op in model.language_model.model.get_ops():
-            if op.get_type_name() != "Constant":
-                continue
-            nbytes = op.get_byte_size()
-            if half and op.get_output_element_type(0).get_type_name() == "f32":
-                nbytes //= 2
-            total += nbytes
+            if op.get_type_name() == "Constant":
+                f32 = op.get_output_element_type(0).get_type_name() == "f32"
+                total += op.get_byte_size() // (2 if half and f32 else 1)
         return total
     text_model = model.model.text_model
     embed = text_model.get_input_embeddings().weight
@@ -381,10 +333,8 @@ def new_record(contender: Contender, threads: int) -> dict:
 
 def measure_workloads(model, record: dict, prepared: dict[str, PreparedWorkload], warmup: int,
                       iterations: dict[str, int], stage_iterations: int = 1) -> None:
-    """Benchmark every prepared workload on the loaded ``model`` into ``record``: the precision it computes in,
-    the bytes it reads per token, and per workload ``warmup`` untimed calls, ``iterations[workload]`` timed ones
-    (TTFT/TPOT/decode/e2e summaries in ``workloads``), then ``stage_iterations`` runs split into stages by
-    :mod:`helpers.stages` (``stages``: separate runs, so the stage clock's cost stays out of the timings)."""
+    """Into ``record``: the model's precision, bytes per token, each workload's timings (:func:`run_workload`)
+    and then, in separate runs so the stage clock stays out of the timings, its stage split (helpers.stages)."""
     from helpers import stages
 
     record["precision"] = runtime_precision(model)
@@ -408,12 +358,14 @@ COMPETITION_WARNING = 0.15  # share of the machine's CPU used by other programs 
 
 @contextmanager
 def loaded(record: dict, load: Callable[[], Any], close: Callable[[Any], None] | None = None) -> Iterator[Session]:
-    """``with loaded(record, load) as session:`` loads a contender with ``load()`` (timed: ``load_compile_s``),
-    samples peak memory (``peak_rss_MB``, ``rss_before_MB``) and the CPU other programs take
-    (``other_processes_cpu_share``) while the body measures ``session.model``, and frees the model at the end
-    (``close(model)`` first, if given). A failure, loading or in the body, is recorded as ``error`` instead of
-    stopping the whole benchmark; ``session.model`` is ``None`` when loading failed."""
+    """``with loaded(record, load) as session:`` times ``load()`` (``load_compile_s``), records peak memory and
+    other programs' CPU share while the body runs, then frees the model (``close(model)`` first, if given).
+    A failure, loading or in the body, is recorded as ``error`` instead of stopping the benchmark."""
     from helpers.memory import measure
+
+    def failed(err: Exception) -> None:  # one broken contender must not cost the whole run
+        record["error"] = f"{type(err).__name__}: {err}"
+        print(f"{record['label']}: failed, {record['error']}")
 
     session = Session()
     try:
@@ -422,12 +374,12 @@ def loaded(record: dict, load: Callable[[], Any], close: Callable[[Any], None] |
             try:
                 session.model = load()
                 record["load_compile_s"] = significant(time.perf_counter() - start)
-            except Exception as err:  # one broken contender must not cost the whole run
-                _failed(record, err)
+            except Exception as err:
+                failed(err)
             try:
                 yield session
             except Exception as err:
-                _failed(record, err)
+                failed(err)
         if "error" not in record:
             record["peak_rss_MB"], record["rss_before_MB"] = memory["peak_rss_MB"], memory["start_rss_MB"]
             record["other_processes_cpu_share"] = round(others.other_share, 3)
@@ -441,15 +393,10 @@ def loaded(record: dict, load: Callable[[], Any], close: Callable[[Any], None] |
         free_memory()
 
 
-def _failed(record: dict, err: Exception) -> None:
-    record["error"] = f"{type(err).__name__}: {err}"
-    print(f"{record['label']}: failed, {record['error']}")
-
-
 def measure_contender(contender: Contender, prepared: dict[str, PreparedWorkload], threads: int, *,
                       warmup: int, iterations: dict[str, int], stage_iterations: int = 1) -> dict:
-    """:func:`new_record`, then :func:`measure_workloads` inside :func:`loaded`: the whole measurement of one
-    contender with ``threads`` threads, as notebook 04 writes it out in its own cell."""
+    """The whole measurement of one contender with ``threads`` threads: :func:`new_record`, then
+    :func:`measure_workloads` inside :func:`loaded` (notebook 04 writes these steps out)."""
     record = new_record(contender, threads)
     with loaded(record, lambda: contender.open(threads)) as session:
         if session.model is not None:
@@ -458,9 +405,8 @@ def measure_contender(contender: Contender, prepared: dict[str, PreparedWorkload
 
 
 def compile_cache_times(folder: Path, threads: int, cache_dir: Path) -> dict:
-    """Load + compile of the IR in ``folder`` twice with OpenVINO's compile cache in ``cache_dir`` (give an empty
-    folder): ``first_s`` compiles and writes the compiled model, ``cached_s`` reads it back; ``cache_MB`` is what
-    the cache holds afterwards."""
+    """Load + compile the IR in ``folder`` twice with OpenVINO's compile cache in (empty) ``cache_dir``:
+    ``first_s`` writes the cache, ``cached_s`` reads it; ``cache_MB`` is its size."""
     from optimum.intel import OVModelForVisualCausalLM
 
     config = hardware.openvino_config(threads, cache_dir=cache_dir)
@@ -477,7 +423,7 @@ def compile_cache_times(folder: Path, threads: int, cache_dir: Path) -> dict:
 
 
 def summary_line(record: dict) -> str:
-    """One line per measured contender, printed as the benchmark goes: load time, blog TTFT and decode speed."""
+    """One line per measured contender: load time, blog TTFT and decode speed, or the error."""
     if "error" in record:
         return f"{record['label']:28s} {record['error']}"
     blog = record["workloads"].get("blog")
@@ -487,11 +433,8 @@ def summary_line(record: dict) -> str:
 
 
 def add_bandwidth_bound(records: dict[str, dict], bandwidth_gb_s: float) -> None:
-    """Add ``bandwidth_bound_tok_s`` and ``fraction_of_bound`` to each workload of each record (in place).
-
-    The bound: decoding one token reads ``lm_bytes_per_token`` bytes, so memory can feed at most
-    ``bandwidth / bytes`` tokens per second.
-    """
+    """Add ``bandwidth_bound_tok_s`` (bandwidth / bytes read per token) and ``fraction_of_bound`` to each
+    workload of each record, in place."""
     for record in records.values():
         mb = record.get("lm_bytes_per_token_MB")
         if not mb:
@@ -506,7 +449,7 @@ def add_bandwidth_bound(records: dict[str, dict], bandwidth_gb_s: float) -> None
 
 
 def ttft_vs_tiles(model, processor, photo: str, question: str, edges: Sequence[int], iterations: int) -> list[dict]:
-    """TTFT for the same photo scaled to each longest edge in ``edges`` (more pixels, more 512px tiles)."""
+    """Median TTFT of the same photo scaled to each longest edge in ``edges`` (more pixels, more tiles)."""
     image = images.load_image(data.photo_path(photo))
     rows = []
     for i, edge in enumerate(edges):
@@ -519,8 +462,7 @@ def ttft_vs_tiles(model, processor, photo: str, question: str, edges: Sequence[i
 
 
 def tpot_vs_context(model, processor, lengths: Sequence[int], iterations: int, new_tokens: int = 16) -> list[dict]:
-    """TPOT (and TTFT) of text-only prompts of each length in ``lengths`` tokens: decoding slows as the KV
-    cache it attends to grows."""
+    """Median TPOT and TTFT of text-only prompts of each length in ``lengths`` tokens."""
     rows = []
     for i, length in enumerate(lengths):
         inputs = context_inputs(processor, length)
@@ -534,18 +476,17 @@ def tpot_vs_context(model, processor, lengths: Sequence[int], iterations: int, n
 
 def threads_sweep(contender: Contender, prepared: PreparedWorkload, counts: Sequence[int], iterations: int,
                   known: dict[int, dict] | None = None) -> list[dict]:
-    """TTFT and TPOT of one workload with each thread count (a fresh load per count: OpenVINO fixes its
-    threads when it compiles). ``known``: ``{threads: workload figures}`` already measured, reused as they are."""
+    """TTFT, TPOT and decode speed of one workload per thread count, a fresh load each (OpenVINO fixes its
+    threads when it compiles). ``known``: ``{threads: workload figures}`` already measured, reused."""
     import torch
 
     torch_threads = torch.get_num_threads()  # PyTorch loaders set it; give it back as it was
+    name = prepared.workload.name
     rows = []
     try:
         for threads in counts:
-            if known and threads in known:
-                figures = known[threads]
-            else:
-                name = prepared.workload.name
+            figures = (known or {}).get(threads)
+            if figures is None:
                 record = measure_contender(contender, {name: prepared}, threads, warmup=1,
                                            iterations={name: iterations}, stage_iterations=0)
                 if "error" in record:

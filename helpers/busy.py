@@ -1,13 +1,6 @@
-"""Decoding on a machine that is not idle: one core kept busy by another program, with and without
-``OMP_WAIT_POLICY=PASSIVE``.
-
-A notebook's kernel loads PyTorch and OpenVINO side by side. Between its own operations PyTorch's OpenMP threads
-spin, waiting for work, unless ``OMP_WAIT_POLICY=PASSIVE`` tells them to sleep; on 2 cores, spinning threads,
-OpenVINO's threads and any other program (a browser, a video call) take turns, and every decoding step waits for
-the slowest. OpenVINO's own LLM benchmark (llm_bench) recommends ``PASSIVE`` for that reason. The policy is read
-when PyTorch starts, so each measurement runs in a fresh Python process: it imports torch as the notebooks do,
-loads an OpenVINO IR, times decoding on a text prompt, then starts a busy loop in another process (one core's
-worth) and times it again. ``make`` sets ``OMP_WAIT_POLICY=PASSIVE`` for every notebook and test it runs.
+"""Decoding while another program keeps one core busy, with and without ``OMP_WAIT_POLICY=PASSIVE`` (which stops
+PyTorch's idle OpenMP threads spinning; OpenVINO's llm_bench recommends it). The policy is read when PyTorch
+starts, so each measurement runs in a fresh process (:data:`_PROBE`). Notebook 04 explains the background.
 """
 
 from __future__ import annotations
@@ -56,10 +49,9 @@ print(json.dumps({"idle_tok_s": idle, "busy_tok_s": busy}))
 
 def decode_with_a_busy_core(folder: Path, threads: int, wait_policy: str | None, *, new_tokens: int = 32,
                             seconds: float = 5.0) -> dict:
-    """Median decode tokens/s of the IR in ``folder`` on a text prompt, idle and then with one core kept busy,
-    in a fresh process whose ``OMP_WAIT_POLICY`` is ``wait_policy`` (``None``: unset, the OpenMP default);
-    each figure from as many generations as fit in ``seconds`` after a warm-up. Adds ``loss``, the share of the
-    idle speed the busy core cost."""
+    """Median decode tokens/s of the IR in ``folder`` on a text prompt, idle (``idle_tok_s``) and with one core
+    kept busy (``busy_tok_s``), in a fresh process with ``OMP_WAIT_POLICY=wait_policy`` (``None``: unset); each
+    from the generations that fit in ``seconds``. ``loss``: the share of the idle speed the busy core cost."""
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     if wait_policy:
         env["OMP_WAIT_POLICY"] = wait_policy

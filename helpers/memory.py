@@ -1,17 +1,7 @@
-"""Peak memory of a block of work: the one memory sampler of the course.
-
-It measures a variant's load and benchmark (notebook 04), a quantization (notebook 02) and a whole notebook
-(``make run``: the kernel and its child processes). A background thread reads resident memory (RSS) every
-``interval`` seconds through psutil's ``memory_info()``, which reads ``/proc/<pid>/statm`` and costs
-microseconds, and it records the CPU time the sampling itself took (``sampler_cpu_s``), so what the measurement
-costs is a measured figure too.
-
-Why RSS and not PSS (which splits pages shared between processes fairly): PSS needs ``/proc/<pid>/smaps``, which
-takes the kernel milliseconds per read for a process of several GB; at two reads a second that was about 12% of
-a core, taken from the benchmark it was measuring. The price: pages a child shares with the kernel (the same
-libtorch or libopenvino mapped by an optimum-cli child) count once per process, so a notebook's peak with a
-child running is overstated by up to the size of those libraries. A spike shorter than ``interval`` can be
-missed.
+"""Peak memory of a block of work, the course's one memory sampler: a thread reads RSS (psutil ``memory_info()``,
+microseconds) every ``interval`` s and records its own CPU cost (``sampler_cpu_s``). RSS, not PSS: reading
+``/proc/<pid>/smaps`` for PSS took about 12% of a core; the price is that pages shared with a child process count
+twice, and a spike shorter than ``interval`` can be missed.
 """
 
 from __future__ import annotations
@@ -80,9 +70,8 @@ class PeakMemory:
 
 @contextmanager
 def measure(interval: float = 0.1) -> Iterator[dict]:
-    """Time a block and sample this process's peak RSS while it runs; the yielded dict is filled on exit
-    (:meth:`PeakMemory.as_dict`). Child processes are left out: the libraries fork short-lived helpers whose
-    RSS repeats the parent's shared pages."""
+    """Time a block and sample this process's peak RSS; the yielded dict is filled on exit (:meth:`PeakMemory.as_dict`).
+    Children are left out: the libraries fork short-lived helpers whose RSS repeats the parent's shared pages."""
     result: dict = {}
     sampler = PeakMemory(interval=interval)
     try:

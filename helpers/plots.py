@@ -1,7 +1,6 @@
-"""Plots of notebook 04 (evaluate): speed per contender, how cost grows, the bandwidth limit, speed against quality.
-
-Every function takes the results dict the notebook builds (the same that goes to ``results.json``) and returns
-a matplotlib figure; :func:`save` also writes it as a PNG next to the results.
+"""Plots of notebook 04: speed per contender, where the time goes, how cost grows, the bandwidth limit, speed
+against quality. Each takes the results dict (as in ``results.json``) and returns a matplotlib figure; :func:`save`
+writes it as a PNG next to the results.
 """
 
 from __future__ import annotations
@@ -10,16 +9,13 @@ from pathlib import Path
 
 from helpers.paths import runs_dir
 
-PYTORCH_COLOR = "#dd8452"
-OPENVINO_COLOR = "#4c72b0"
-LLAMA_CPP_COLOR = "#55a868"
-BACKEND_COLORS = {"pytorch": PYTORCH_COLOR, "openvino": OPENVINO_COLOR, "llama.cpp": LLAMA_CPP_COLOR}
+BACKEND_COLORS = {"pytorch": "#dd8452", "openvino": "#4c72b0", "llama.cpp": "#55a868"}  # bars: a colour per backend
+BACKEND_NAMES = {"pytorch": "PyTorch", "openvino": "OpenVINO", "llama.cpp": "llama.cpp"}
 BACKEND_MARKERS = {"pytorch": "s", "openvino": "o", "llama.cpp": "^"}
 
 
 def _color(record: dict) -> str:
-    """Bars: one colour per backend."""
-    return BACKEND_COLORS.get(record.get("backend"), OPENVINO_COLOR)
+    return BACKEND_COLORS.get(record.get("backend"), BACKEND_COLORS["openvino"])
 
 
 def _contender_styles(results: dict) -> dict[str, dict]:
@@ -39,23 +35,23 @@ def _measured(results: dict, workload: str) -> list[tuple[str, dict, dict]]:
 
 
 def speed_bars(results: dict, workloads: tuple[str, ...] = ("blog", "photo", "text")):
-    """One row per workload, one panel per figure (TTFT, decode tokens/s, end-to-end): a bar per contender,
-    the median, with a line from the fastest to the slowest timed call."""
+    """A row per workload, a panel per figure (TTFT, decode tokens/s, end-to-end): each contender's median, with a
+    line from its fastest to its slowest timed call."""
     import matplotlib.pyplot as plt
 
-    panels = (("ttft_s", "time to first token (s)", 1.0), ("decode_tok_s", "decode (tokens/s, higher is better)", 1.0),
-              ("e2e_s", "end-to-end (s)", 1.0))
+    panels = (("ttft_s", "time to first token (s)"), ("decode_tok_s", "decode (tokens/s, higher is better)"),
+              ("e2e_s", "end-to-end (s)"))
     workloads = tuple(w for w in workloads if _measured(results, w))
     height = 1.2 + 0.45 * len(results["contenders"]) * len(workloads)
     fig, axes = plt.subplots(len(workloads), len(panels), figsize=(14, height), squeeze=False)
     for row, workload in enumerate(workloads):
         measured = _measured(results, workload)
         labels = [r["label"] for _, r, _ in measured]
-        for col, (name, title, scale) in enumerate(panels):
+        for col, (name, title) in enumerate(panels):
             ax = axes[row][col]
-            medians = [f[name]["median"] * scale for _, _, f in measured]
-            low = [m - f[name]["min"] * scale for m, (_, _, f) in zip(medians, measured)]
-            high = [f[name]["max"] * scale - m for m, (_, _, f) in zip(medians, measured)]
+            medians = [f[name]["median"] for _, _, f in measured]
+            low = [m - f[name]["min"] for m, (_, _, f) in zip(medians, measured)]
+            high = [f[name]["max"] - m for m, (_, _, f) in zip(medians, measured)]
             ax.barh(range(len(measured)), medians, xerr=[low, high], color=[_color(r) for _, r, _ in measured],
                     error_kw={"elinewidth": 1, "capsize": 2})
             for i, m in enumerate(medians):
@@ -111,8 +107,8 @@ STAGE_COLORS = {"vision": "#8172b3", "text_embeddings": "#ccb974", "language_mod
 
 
 def stage_bars(results: dict, workloads: tuple[str, ...] = ("blog", "photo")):
-    """Per workload, two panels of stacked bars, one per contender: what the first token is made of (vision encoder,
-    text embeddings, the language model's prefill, the rest of ``generate``) and the same for one later token."""
+    """Per workload, stacked bars per contender: what the first token and one later token are made of (vision
+    encoder, text embeddings, the language model, the rest of ``generate``)."""
     import matplotlib.pyplot as plt
 
     workloads = tuple(w for w in workloads if any(w in r.get("stages", {}) for r in results["contenders"].values()))
@@ -122,7 +118,9 @@ def stage_bars(results: dict, workloads: tuple[str, ...] = ("blog", "photo")):
     fig, axes = plt.subplots(len(workloads), 2, figsize=(14, 1.0 + 0.45 * n * len(workloads)), squeeze=False)
     for row, workload in enumerate(workloads):
         labels = [label for label, _ in rows[workload]]
-        for col, (part, scale, unit) in enumerate((("first_token", 1.0, "s"), ("per_token", 1000.0, "ms"))):
+        for col, (part, scale, xlabel, title) in enumerate((
+                ("first_token", 1.0, "time to first token (s)", "the first token"),
+                ("per_token", 1000.0, "one later token (ms)", "each later token"))):
             ax = axes[row][col]
             left = [0.0] * len(labels)
             for stage, color in STAGE_COLORS.items():
@@ -133,9 +131,8 @@ def stage_bars(results: dict, workloads: tuple[str, ...] = ("blog", "photo")):
                 left = [a + b for a, b in zip(left, widths)]
             ax.set_yticks(range(len(labels)), labels if col == 0 else [""] * len(labels))
             ax.invert_yaxis()
-            ax.set_xlabel(f"{'time to first token' if part == 'first_token' else 'one later token'} ({unit})")
-            ax.set_title(f"{workload}: {'the first token' if part == 'first_token' else 'each later token'}",
-                         fontsize="medium")
+            ax.set_xlabel(xlabel)
+            ax.set_title(f"{workload}: {title}", fontsize="medium")
         axes[row][0].legend(fontsize="small", loc="lower right")
     fig.suptitle(_caption(results) + "; the rest: generate's own Python around the submodels", fontsize="small")
     fig.tight_layout()
@@ -150,7 +147,7 @@ def bandwidth_bound(results: dict, workload: str = "blog"):
     fig, ax = plt.subplots(figsize=(10, 0.6 + 0.5 * max(len(measured), 1)))
     for i, (_, r, f) in enumerate(measured):
         bound, got = f["bandwidth_bound_tok_s"], f["decode_tok_s"]["median"]
-        ax.barh(i, bound, color="#dddddd", edgecolor="#999999", label="memory bandwidth allows" if i == 0 else None)
+        ax.barh(i, bound, color="#dddddd", edgecolor="#999999")
         ax.barh(i, got, height=0.5, color=_color(r))
         ax.text(max(bound, got), i, f" {100 * f['fraction_of_bound']:.0f}% of {bound:.3g} tok/s "
                 f"({r['lm_bytes_per_token_MB']:.3g} MB/token)", va="center", fontsize="small")
@@ -166,16 +163,15 @@ def bandwidth_bound(results: dict, workload: str = "blog"):
 
     backends = {r.get("backend") for _, r, _ in measured}
     handles = [Patch(facecolor="#dddddd", edgecolor="#999999", label="memory bandwidth allows")] + [
-        Patch(color=color, label=f"measured, {name}") for backend, color, name in
-        (("pytorch", PYTORCH_COLOR, "PyTorch"), ("openvino", OPENVINO_COLOR, "OpenVINO"),
-         ("llama.cpp", LLAMA_CPP_COLOR, "llama.cpp")) if backend in backends]
+        Patch(color=color, label=f"measured, {BACKEND_NAMES[backend]}") for backend, color in BACKEND_COLORS.items()
+        if backend in backends]
     ax.legend(handles=handles, loc="lower right", fontsize="small")
     fig.tight_layout()
     return fig
 
 
 def _error(q: dict, name: str, value: float, low_limit: float | None = None) -> list[list[float]] | None:
-    """``yerr`` for matplotlib from the 95% interval ``<name>_ci`` of a quality row (``None`` without one)."""
+    """matplotlib's ``yerr`` from the 95% interval ``<name>_ci`` of a quality row (``None`` without one)."""
     interval = q.get(f"{name}_ci")
     if not interval:
         return None
@@ -184,8 +180,8 @@ def _error(q: dict, name: str, value: float, low_limit: float | None = None) -> 
 
 
 def speed_vs_quality(results: dict, workload: str = "blog", floor: float = 0.90):
-    """One point per contender, with its 95% interval: decode speed against KL divergence, against answer
-    similarity and (when computed) against accuracy on the text questions."""
+    """A point per contender, with its 95% interval: decode speed against KL divergence, answer similarity and
+    (when computed) accuracy on the text questions."""
     import matplotlib.pyplot as plt
 
     quality = results.get("quality", {})

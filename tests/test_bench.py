@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import re
@@ -338,14 +339,54 @@ def test_markdown_tables(tmp_path):
     assert comparison[0].startswith("| comparison | figure") and "12.3x" in comparison[2]
 
 
-def test_the_readme_describes_results_json_as_result_fields_does():
-    from helpers.paths import REPO_ROOT
-
+def _readme_fields() -> set[str]:
+    """The keys the README's results.json table documents; ``a.b / c`` documents ``a.b`` and ``a.c``."""
     readme = (REPO_ROOT / "README.md").read_text()
-    table = readme[readme.index("| field | meaning |"):].split("\n\n")[0].splitlines()[2:]
-    assert table == [f"| `{key}` | {meaning} |" for key, meaning in report.RESULT_FIELDS.items()]
-    for key in ("contenders.<c>.stages.<w>", "peer_comparison", "compile_cache.<c>", "quality.<c>", "comparison"):
-        assert report.RESULT_FIELDS[key]
+    rows = readme[readme.index("| field | meaning |"):].split("\n\n")[0].splitlines()[2:]
+    fields = set()
+    for row in rows:
+        first, *others = re.fullmatch(r"\| `([^`]+)` \| .+ \|", row).group(1).split(" / ")
+        fields |= {first} | {first.rsplit(".", 1)[0] + "." + other for other in others}
+    return fields
+
+
+def _notebook_results_keys() -> set[str]:
+    """Top-level keys notebook 04 writes into ``results``: its ``results = {...}`` and ``results["..."] =``."""
+    cells = json.loads((REPO_ROOT / "notebooks" / "04_evaluate.ipynb").read_text())["cells"]
+    keys = set()
+    for cell in cells:
+        if cell["cell_type"] != "code":
+            continue
+        code = "".join(line for line in "".join(cell["source"]).splitlines(keepends=True)
+                       if not line.lstrip().startswith(("%", "!")))
+        for node in ast.walk(ast.parse(code)):
+            for target in node.targets if isinstance(node, ast.Assign) else ():
+                if isinstance(target, ast.Name) and target.id == "results" and isinstance(node.value, ast.Dict):
+                    keys |= {k.value for k in node.value.keys}
+                if (isinstance(target, ast.Subscript) and isinstance(target.value, ast.Name)
+                        and target.value.id == "results" and isinstance(target.slice, ast.Constant)):
+                    keys.add(target.slice.value)
+    return keys
+
+
+def test_the_readme_documents_every_field_of_results_json(tiny, prepared):
+    fields = _readme_fields()
+    documented = {f.split(".")[0] for f in fields}
+    written = _notebook_results_keys()
+    assert {"created", "contenders", "quality", "recommendation"} <= written  # the parsing found the notebook's keys
+    assert written <= documented, f"undocumented in the README: {sorted(written - documented)}"
+    # every key of a contender record, and of its figures per workload, has a row `contenders.<c>.<key>[...]`
+    blog = {"blog": prepared["blog"]}
+    record = bench.measure_contender(_pytorch_contender(tiny, []), blog, 1, warmup=0, iterations={"blog": 1})
+    bench.add_bandwidth_bound({"c": record}, 10.0)
+    failed = bench.new_record(bench.Contender("x", "X", "pytorch", lambda threads: 1 / 0), 1)
+    with bench.loaded(failed, lambda: 1 / 0):
+        pass
+    assert "error" not in record and "error" in failed
+    keys = {f"contenders.<c>.{k}" for k in {*record, *failed}}
+    keys |= {f"contenders.<c>.workloads.<w>.{k}" for k in record["workloads"]["blog"]}
+    undocumented = {k for k in keys if not any(f == k or f.startswith(k + ".") for f in fields)}
+    assert not undocumented, f"undocumented in the README: {sorted(undocumented)}"
 
 
 def test_a_contender_that_fails_is_recorded_with_the_reason(prepared, capsys):
