@@ -1,11 +1,8 @@
 """What ``generate`` costs: the same greedy decoding as a plain loop over OpenVINO's compiled submodels.
 
-Optimum Intel's ``generate`` is transformers' generation loop: per token it prepares inputs, runs the logits
-processors and stopping criteria, updates the cache bookkeeping and calls the streamer, all in Python and
-PyTorch around one call of the compiled language model. :func:`direct_greedy` does only what greedy decoding
-needs (the language model, the text embeddings, an argmax) through the very same compiled requests, so the gap
-between the two is the price of the library's loop. It is written by hand because no library offers a plain
-loop over an Optimum Intel model (OpenVINO GenAI's C++ pipeline has no SmolVLM support).
+:func:`direct_greedy` runs only the language model, the text embeddings and an argmax through the very requests
+``generate`` uses, so the gap between the two is the price of transformers' Python loop. Hand-written because no
+library offers a plain loop over an Optimum Intel model (OpenVINO GenAI's C++ pipeline has no SmolVLM support).
 """
 
 from __future__ import annotations
@@ -16,9 +13,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-# Greedy decoding in transformers also honours these generation-config fields. The loop below applies
-# begin_suppress_tokens and suppress_tokens (the stand-ins set the first), and refuses a config that sets any of
-# these others.
+# Generation-config fields greedy decoding in transformers honours that the loop below does not: it refuses a
+# config that sets them (it applies suppress_tokens and begin_suppress_tokens, which the stand-ins set).
 _NOT_REPLICATED = ("repetition_penalty", "no_repeat_ngram_size", "bad_words_ids", "forced_bos_token_id",
                    "forced_eos_token_id", "sequence_bias", "encoder_repetition_penalty")
 
@@ -28,11 +24,9 @@ def _ids(value) -> list[int]:
 
 
 def greedy_tokens(model, inputs, max_new_tokens: int, *, min_new_tokens: int = 0) -> Iterator[int]:
-    """Greedy tokens for processor output ``inputs`` from an ``OVModelForVisualCausalLM``, one at a time as each is
-    chosen, the way ``model.generate(**inputs, max_new_tokens=..., min_new_tokens=..., do_sample=False)`` chooses
-    them: an end-of-turn token is not chosen before ``min_new_tokens`` and ends the answer after (it is yielded,
-    as ``generate`` returns it), ``suppress_tokens`` never, ``begin_suppress_tokens`` not first.
-    """
+    """Greedy tokens for processor output ``inputs`` from an ``OVModelForVisualCausalLM``, yielded as each is
+    chosen, as ``model.generate(**inputs, max_new_tokens=..., min_new_tokens=..., do_sample=False)`` chooses them
+    (an end-of-turn token is banned before ``min_new_tokens``; after, it is yielded and ends the answer)."""
     from transformers import GenerationConfig
 
     config, default = model.generation_config, GenerationConfig()
@@ -40,8 +34,7 @@ def greedy_tokens(model, inputs, max_new_tokens: int, *, min_new_tokens: int = 0
     if unsupported:
         raise ValueError(f"the direct loop does not apply {', '.join(unsupported)} from the generation config; "
                          "compare with generate only for models that leave them unset")
-    ends, never, not_first = (_ids(config.eos_token_id), _ids(config.suppress_tokens),
-                              _ids(config.begin_suppress_tokens))
+    ends, never, not_first = map(_ids, (config.eos_token_id, config.suppress_tokens, config.begin_suppress_tokens))
     language_model = model.language_model
     language_model.compile()
     request = language_model.request
@@ -67,9 +60,8 @@ def greedy_tokens(model, inputs, max_new_tokens: int, *, min_new_tokens: int = 0
 
 
 def direct_greedy(model, inputs, new_tokens: int) -> tuple[list[int], float, list[float]]:
-    """Exactly ``new_tokens`` greedy tokens (:func:`greedy_tokens` with ``min_new_tokens = max_new_tokens``), as
-    ``(tokens, start, time of each token)`` (``time.perf_counter()`` values). The first token's time includes
-    the vision encoder and the prefill, as TTFT does for ``generate``."""
+    """Exactly ``new_tokens`` greedy tokens as ``(tokens, start, time of each token)`` (``time.perf_counter()``);
+    the first token's time includes the vision encoder and the prefill, as TTFT does for ``generate``."""
     tokens, times = [], []
     start = time.perf_counter()
     for token in greedy_tokens(model, inputs, new_tokens, min_new_tokens=new_tokens):
@@ -79,9 +71,9 @@ def direct_greedy(model, inputs, new_tokens: int) -> tuple[list[int], float, lis
 
 
 def generate_vs_direct(model, inputs, new_tokens: int, iterations: int) -> dict:
-    """``generate`` and :func:`direct_greedy` on the same inputs, alternating, ``iterations`` timed calls each
-    after one warm-up of each: their median TTFT and TPOT, and ``gap``, how much longer ``generate``'s TPOT is
-    (0.1: 10% longer). Raises ``AssertionError`` if the two choose different tokens."""
+    """Median TTFT and TPOT of ``generate`` and :func:`direct_greedy`, ``iterations`` alternating calls each after
+    one warm-up, and ``gap``: how much longer ``generate``'s TPOT is (0.1: 10%). ``AssertionError`` if their
+    tokens differ."""
     from helpers.bench import generate_timed, token_figures
 
     if new_tokens < 2 or iterations < 1:
@@ -100,7 +92,5 @@ def generate_vs_direct(model, inputs, new_tokens: int, iterations: int) -> dict:
         runs["direct"].append(token_figures(start, times, time.perf_counter()))
     result = {name: {figure: statistics.median(r[figure] for r in rows) for figure in ("ttft_s", "tpot_s")}
               for name, rows in runs.items()}
-    result["gap"] = result["generate"]["tpot_s"] / result["direct"]["tpot_s"] - 1
-    result["same_tokens"] = True
-    result["iterations"] = iterations
-    return result
+    return {**result, "gap": result["generate"]["tpot_s"] / result["direct"]["tpot_s"] - 1, "same_tokens": True,
+            "iterations": iterations}

@@ -1,32 +1,8 @@
 """llama.cpp beside OpenVINO: the same SmolVLM as GGUF files, run with llama-cpp-python and timed like bench.py.
 
-- :func:`convert` turns a SmolVLM folder (saved with ``save_pretrained``) into ``<models_dir>/<slug>/gguf/``:
-  the language model in F16, Q8_0 and Q4_0 and the vision projector (``mmproj``) in F16, with llama.cpp's own
-  converter ``convert_hf_to_gguf.py``. pip installs llama-cpp-python's Python package only, not that script,
-  so :func:`converter_dir` takes it from the package's source archive (the sdist on PyPI, kept in
-  ``<cache>/llama.cpp/``) and unpacks it once. Q4_0 comes from llama.cpp's quantizer
-  (``llama_cpp.llama_model_quantize``, the function behind ``llama-quantize``, which the wheel does not ship).
-- :func:`load` opens a GGUF language model and its ``mmproj`` with threads set explicitly; images go through
-  llama.cpp's multimodal library (mtmd), which cuts tiles and wraps them in SmolVLM's image tokens itself.
-- :func:`time_generation` times one greedy generation of exactly N new tokens as :func:`helpers.bench.time_generation`
-  times OpenVINO: TTFT from the start of the call to the first token (vision encoder and prefill included, the
-  image preprocessing not: that is ``preprocess_s``), TPOT the mean gap after it, decode tokens/s = 1 / TPOT,
-  and end-to-end. :func:`measure_contender` gives a record shaped like bench's.
-
-Why Q4_0 and not Q4_K: k-quants work on blocks of 256 weights along a row, and SmolVLM2-256M's rows are 576 or
-1536 long; 576 is not a multiple of 256, so llama.cpp would fall back to another type for most tensors. Q4_0 uses
-blocks of 32 (576 = 18 x 32), and llama.cpp's CPU backend repacks it for fast AVX2 kernels.
-
-Where llama.cpp's image preprocessing differs from transformers' (see :func:`image_facts`): both resize a photo
-to the longest edge in the model's preprocessor config (2048), round the sides up to multiples of 512, cut
-512-pixel tiles in rows and add a 512x512 global view last, 64 tokens each, with the same wrapper tokens (for
-the cat photo: 12 tiles + the global view, the same 876 prompt token ids with SmolLM2's tokenizer). They differ
-in (1) the resampling code (PIL's Lanczos in transformers, llama.cpp's own C++ Lanczos), so the pixels differ
-slightly; (2) the longest edge is fixed in the mmproj file: llama.cpp has no per-call ``size``; its only knob is
-a token budget per image (``max_image_tokens``), and even one tile comes with the global view, so the blog's
-single 512x512 tile (64 image tokens) becomes a tile plus a global view (128 tokens) here; (3) llama.cpp only
-accepts a tokenizer in which ``"\\n\\n"`` is one token (its image wrapper starts with it): SmolLM2's, which the
-real SmolVLM2 and every stand-in use, has it; :func:`check_tokenizer` refuses other tokenizers with a reason.
+:func:`convert` makes the GGUF files with llama.cpp's own converter (taken from llama-cpp-python's sdist, which
+pip does not install) and quantizer; :func:`load` opens them; images go through llama.cpp's multimodal library
+(mtmd). Notebook 04's llama.cpp section explains how llama.cpp's image preprocessing differs from transformers'.
 """
 
 from __future__ import annotations
@@ -49,7 +25,9 @@ from helpers.models import ModelChoice
 from helpers.paths import cache_dir, models_dir
 
 VERSION = "0.3.36"  # llama-cpp-python, the release whose sdist carries the converter we run
-LM_TYPES = ("f16", "q8_0", "q4_0")  # language-model weights; the vision projector stays F16
+# Language-model weights (the vision projector stays F16). Q4_0, not Q4_K: k-quants need rows that are multiples
+# of 256 and SmolVLM2-256M's are 576 or 1536 long; Q4_0's blocks of 32 fit (and llama.cpp repacks them for AVX2).
+LM_TYPES = ("f16", "q8_0", "q4_0")
 MMPROJ = "mmproj-f16.gguf"
 MARKER = "gguf_complete.json"
 # Tokens llama.cpp's SmolVLM image wrapper looks up as single tokens (tools/mtmd/mtmd.cpp); a missing one aborts.
@@ -61,7 +39,7 @@ class LlamaCppUnsupported(RuntimeError):
 
 
 def lm_file(lm_type: str) -> str:
-    """File name of the language model in ``lm_type`` (``f16``, ``q8_0``, ``q4_0``)."""
+    """File name of the language model in ``lm_type`` (one of :data:`LM_TYPES`)."""
     return f"model-{lm_type}.gguf"
 
 
@@ -70,14 +48,9 @@ def gguf_dir(choice: ModelChoice) -> Path:
     return models_dir() / choice.slug / "gguf"
 
 
-# --- the converter, from llama-cpp-python's source archive ----------------------------------------------
-
 
 def sdist_path(version: str = VERSION) -> Path:
-    """llama-cpp-python's source archive in the cache, downloaded from PyPI with pip if it is not there yet.
-
-    ``make`` puts it there before building llama-cpp-python from it, so a prepared machine needs no network.
-    """
+    """llama-cpp-python's source archive in the cache (``make`` puts it there), else downloaded from PyPI by pip."""
     folder = cache_dir() / "llama.cpp"
     path = folder / f"llama_cpp_python-{version}.tar.gz"
     if not path.is_file():
@@ -93,8 +66,7 @@ def sdist_path(version: str = VERSION) -> Path:
 
 
 def converter_dir(version: str = VERSION) -> Path:
-    """A folder with llama.cpp's ``convert_hf_to_gguf.py``, its ``conversion`` package and ``gguf-py``, unpacked
-    once from llama-cpp-python's source archive (``vendor/llama.cpp``) into the cache."""
+    """A cache folder with llama.cpp's ``convert_hf_to_gguf.py`` and what it imports, unpacked once from the sdist."""
     dest = cache_dir() / "llama.cpp" / f"convert-{version}"
     if (dest / "convert_hf_to_gguf.py").is_file():
         return dest
@@ -115,17 +87,6 @@ def converter_dir(version: str = VERSION) -> Path:
     return dest
 
 
-# --- conversion -----------------------------------------------------------------------------------------
-
-
-def _source_folder(source: str) -> Path:
-    """A local folder for ``source`` (a folder, or a Hub id already in the Hugging Face cache)."""
-    if Path(source).is_dir():
-        return Path(source)
-    from huggingface_hub import snapshot_download
-
-    return Path(snapshot_download(source))
-
 
 def check_tokenizer(folder: Path) -> None:
     """Raise :class:`LlamaCppUnsupported` when llama.cpp's SmolVLM image wrapper can't find its tokens."""
@@ -142,9 +103,8 @@ def check_tokenizer(folder: Path) -> None:
 
 
 def _converter_input(folder: Path, tmp: Path) -> Path:
-    """``folder`` as the converter must see it: links to its files, and a config.json whose ``text_config`` names
-    its architecture. The real SmolVLM2 config says ``VLlama3ForCausalLM`` there (the converter routes the language
-    model by it); configs written by transformers' ``SmolVLMConfig``, as the stand-ins' are, leave it out."""
+    """Links to ``folder``'s files with a config.json whose ``text_config`` names the architecture the converter
+    routes by (``VLlama3ForCausalLM``, as the real SmolVLM2's says; the stand-ins' configs leave it out)."""
     config = json.loads((folder / "config.json").read_text())
     config.setdefault("text_config", {}).setdefault("architectures", ["VLlama3ForCausalLM"])
     tmp.mkdir()
@@ -171,19 +131,17 @@ def quantize(source: Path, dest: Path, lm_type: str = "q4_0", threads: int | Non
     from llama_cpp._logger import set_verbose
 
     set_verbose(False)  # llama.cpp logs every tensor it quantizes; errors still show
-    ftypes = {"q4_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0, "q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0,
-              "q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M}
     llama_cpp.llama_backend_init()
     params = llama_cpp.llama_model_quantize_default_params()
     params.nthread = threads or hardware.usable_cores()
-    params.ftype = ftypes[lm_type]
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{lm_type.upper()}")  # e.g. q4_0, q8_0, q4_k_m
     if llama_cpp.llama_model_quantize(str(source).encode(), str(dest).encode(), ctypes.byref(params)) != 0:
         raise RuntimeError(f"llama.cpp could not quantize {source} to {lm_type}")
     return dest
 
 
 def read_marker(folder: Path) -> dict | None:
-    """The completion record of a GGUF folder (versions, seconds per file, file sizes), or ``None``."""
+    """The completion record of a GGUF folder (version, seconds and size per file), or ``None``."""
     return atomic.read_record(Path(folder) / MARKER)
 
 
@@ -194,13 +152,10 @@ def problems(folder: Path) -> list[str]:
         return [f"{MARKER} is missing or damaged"]
     found = [f"made for llama-cpp-python {marker.get('llama_cpp_python')}, this environment has {VERSION}"
              ] if marker.get("llama_cpp_python") != VERSION else []
-    stale = synthetic.stale_record(marker.get("standin"))
-    if stale:
-        found.append(stale)
+    found += filter(None, [synthetic.stale_record(marker.get("standin"))])
     for name in [*map(lm_file, LM_TYPES), MMPROJ]:
         path = Path(folder) / name
-        size = marker.get("file_sizes", {}).get(name)
-        if not path.is_file() or path.stat().st_size != size:
+        if not path.is_file() or path.stat().st_size != marker.get("file_sizes", {}).get(name):
             found.append(f"{name} is missing or not the size it was written with")
     return found
 
@@ -216,11 +171,9 @@ def require() -> None:
 
 
 def convert(choice: ModelChoice, *, force: bool = False, threads: int | None = None) -> Path:
-    """GGUF files of ``choice`` in ``<models_dir>/<slug>/gguf/`` (see the module docstring), made now if missing.
+    """The GGUF folder of ``choice`` (:data:`LM_TYPES` and the F16 mmproj), made atomically unless complete.
 
-    Written into a temporary folder and moved into place when complete, one process at a time
-    (:mod:`helpers.atomic`); a complete folder is reused unless ``force``. Raises :class:`LlamaCppUnsupported`
-    with a reason when llama-cpp-python is missing or the model's tokenizer can't work with llama.cpp.
+    Raises :class:`LlamaCppUnsupported` when llama-cpp-python is missing or llama.cpp can't use the tokenizer.
     """
     require()
     dest = gguf_dir(choice)
@@ -229,19 +182,23 @@ def convert(choice: ModelChoice, *, force: bool = False, threads: int | None = N
         if not force and dest.is_dir() and not problems(dest):
             print(f"Skipped: the GGUF files are already in {dest}")
             return dest
-        source = _source_folder(choice.source)
+        source = Path(choice.source)
+        if not source.is_dir():  # a Hub id already in the Hugging Face cache
+            from huggingface_hub import snapshot_download
+
+            source = Path(snapshot_download(choice.source))
         check_tokenizer(source)
         seconds: dict[str, float] = {}
         with atomic.partial_folder(dest) as tmp, tempfile.TemporaryDirectory() as scratch:
             model_dir = _converter_input(source, Path(scratch) / "model")
-            for name, outtype, mmproj in ((lm_file("f16"), "f16", False), (lm_file("q8_0"), "q8_0", False),
-                                          (MMPROJ, "f16", True)):
+            for name, outtype in ((lm_file("f16"), "f16"), (lm_file("q8_0"), "q8_0"), (MMPROJ, "f16"),
+                                  (lm_file("q4_0"), None)):
                 start = time.perf_counter()
-                _run_converter(model_dir, tmp / name, outtype, mmproj=mmproj, threads=threads)
+                if outtype is None:  # the converter has no Q4_0: llama.cpp's quantizer makes it from F16
+                    quantize(tmp / lm_file("f16"), tmp / name, "q4_0", threads)
+                else:
+                    _run_converter(model_dir, tmp / name, outtype, mmproj=name == MMPROJ, threads=threads)
                 seconds[name] = round(time.perf_counter() - start, 1)
-            start = time.perf_counter()
-            quantize(tmp / lm_file("f16"), tmp / lm_file("q4_0"), "q4_0", threads)
-            seconds[lm_file("q4_0")] = round(time.perf_counter() - start, 1)
             sizes = {f.name: f.stat().st_size for f in sorted(tmp.iterdir())}
             marker = {"llama_cpp_python": VERSION, "source": choice.source, "standin": synthetic.read_marker(source),
                       "seconds": seconds, "file_sizes": sizes}
@@ -250,8 +207,6 @@ def convert(choice: ModelChoice, *, force: bool = False, threads: int | None = N
         print(f"{name}: {size / 1e6:,.1f} MB in {seconds[name]} s")
     return dest
 
-
-# --- loading and prompts --------------------------------------------------------------------------------
 
 
 @dataclass
@@ -267,8 +222,8 @@ class LlamaCppVLM:
     _eog: Any = None
 
     def vision(self, max_image_tokens: int | None = None):
-        """The mtmd context that turns images into tokens; ``max_image_tokens`` caps the tokens per image
-        (llama.cpp's only tiling setting; ``None``: the mmproj's longest edge, 2048 for SmolVLM2)."""
+        """The mtmd context that turns images into tokens, at most ``max_image_tokens`` per image (``None``: the
+        mmproj's longest edge, 2048 for SmolVLM2); llama.cpp's only tiling setting."""
         if max_image_tokens not in self._vision:
             from llama_cpp import mtmd_cpp
 
@@ -291,15 +246,14 @@ class LlamaCppVLM:
 
 
 def load(folder: Path, lm_type: str = "q8_0", threads: int | None = None, *, n_ctx: int = 4096) -> LlamaCppVLM:
-    """Load ``model-<lm_type>.gguf`` and the mmproj of a :func:`convert` folder, with ``threads`` threads
-    (default: the usable cores) for prefill, decoding and the vision encoder alike."""
+    """Load ``lm_type`` and the mmproj of a :func:`convert` folder, with ``threads`` (default: usable cores) threads."""
     import llama_cpp
     from llama_cpp import mtmd_cpp
     from llama_cpp._logger import llama_log_callback
 
     folder = Path(folder)
     threads = threads or hardware.usable_cores()
-    mtmd_cpp.mtmd_log_set(llama_log_callback, None)  # mtmd logs through llama-cpp-python's logger (quiet unless verbose)
+    mtmd_cpp.mtmd_log_set(llama_log_callback, None)  # through llama-cpp-python's logger: quiet unless verbose
     mtmd_cpp.mtmd_helper_log_set(llama_log_callback, None)
     start = time.perf_counter()
     llm = llama_cpp.Llama(model_path=str(folder / lm_file(lm_type)), n_ctx=n_ctx, n_batch=2048, n_ubatch=512,
@@ -318,10 +272,8 @@ def load(folder: Path, lm_type: str = "q8_0", threads: int | None = None, *, n_c
 
 
 def chat_text(question: str, with_image: bool) -> str:
-    """SmolVLM2's chat-template prompt for one user turn (an image, then ``question``), ready for the answer.
-
-    Rendered from :data:`helpers.synthetic.CHAT_TEMPLATE` (the real model's template) as transformers renders it.
-    """
+    """SmolVLM2's chat-template prompt (:data:`helpers.synthetic.CHAT_TEMPLATE`) for one user turn, rendered as
+    transformers renders it: an image (if ``with_image``), then ``question``, ready for the answer."""
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     from helpers.synthetic import CHAT_TEMPLATE
@@ -343,8 +295,7 @@ class Prompt:
 def prompt(model: LlamaCppVLM, question: str, image=None, max_image_tokens: int | None = None) -> Prompt:
     """Tokenize ``question`` (and ``image``: a PIL image or a path) with SmolVLM2's chat template.
 
-    mtmd resizes and tiles the image here; the seconds it takes are ``facts["preprocess_s"]``, kept out of TTFT
-    as bench.py keeps transformers' processor out of it.
+    mtmd resizes and tiles the image here: ``facts["preprocess_s"]``, kept out of TTFT as bench.py does.
     """
     from llama_cpp import mtmd_cpp
     from PIL import Image
@@ -381,34 +332,14 @@ def prompt(model: LlamaCppVLM, question: str, image=None, max_image_tokens: int 
     return result
 
 
-def prompt_token_ids(model: LlamaCppVLM, p: Prompt, image_token_id: int) -> list[int]:
-    """The prompt's token ids, each image token shown as ``image_token_id`` (to compare with transformers' ids)."""
-    from llama_cpp import mtmd_cpp
-
-    ids: list[int] = []
-    for i in range(mtmd_cpp.mtmd_input_chunks_size(p.chunks)):
-        chunk = mtmd_cpp.mtmd_input_chunks_get(p.chunks, i)
-        if mtmd_cpp.mtmd_input_chunk_get_type(chunk) == mtmd_cpp.MTMD_INPUT_CHUNK_TYPE_TEXT:
-            n = ctypes.c_size_t()
-            tokens = mtmd_cpp.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
-            ids += [tokens[j] for j in range(n.value)]
-        else:
-            ids += [image_token_id] * mtmd_cpp.mtmd_input_chunk_get_n_tokens(chunk)
-    return ids
-
-
-# --- generation and timing ------------------------------------------------------------------------------
-
 
 def generate(model: LlamaCppVLM, p: Prompt, max_new_tokens: int, min_new_tokens: int = 0, *,
              force: list[int] | None = None, logits: list | None = None) -> tuple[list[int], list[float], float, float]:
     """Greedy decoding: ``(new token ids, time each was chosen, start, end)`` (``time.perf_counter()`` values).
 
-    Stops at an end-of-generation token after ``min_new_tokens`` tokens; before that such tokens can't be chosen,
-    as ``min_new_tokens`` does in transformers. With ``force`` (teacher forcing), step ``i`` emits ``force[i]``
-    whatever the model prefers, for ``len(force)`` steps; with a ``logits`` list, a float32 copy of each step's
-    raw logits (before any choice) is appended to it. Written by hand with llama.cpp's C API (``llama_decode``
-    and the logits): llama-cpp-python's ``create_completion`` has no minimum length and no per-token clock.
+    End-of-generation tokens are banned before ``min_new_tokens`` (as in transformers) and stop it after.
+    ``force``: teacher forcing, step ``i`` emits ``force[i]``; ``logits``: each step's raw logits are appended.
+    Hand-written on llama.cpp's C API: ``create_completion`` has no minimum length and no per-token clock.
     """
     import llama_cpp
     import numpy as np
@@ -416,20 +347,9 @@ def generate(model: LlamaCppVLM, p: Prompt, max_new_tokens: int, min_new_tokens:
 
     ctx = model.llm._ctx.ctx
     n_vocab = model.llm.n_vocab()
+    is_eog = np.isin(np.arange(n_vocab), model._eog)
     if force is not None:
-        max_new_tokens = min_new_tokens = len(force)
-
-    def pick(step: int) -> int:
-        scores = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(n_vocab,))
-        if logits is not None:
-            logits.append(scores.astype(np.float32, copy=True))
-        if force is not None:
-            return force[step]
-        if step < min_new_tokens:
-            scores = scores.copy()
-            scores[model._eog] = -np.inf
-        return int(scores.argmax())
-
+        max_new_tokens = len(force)
     llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
     tokens: list[int] = []
     times: list[float] = []
@@ -439,7 +359,15 @@ def generate(model: LlamaCppVLM, p: Prompt, max_new_tokens: int, min_new_tokens:
                                         True, ctypes.byref(n_past)) != 0:
         raise RuntimeError("llama.cpp could not evaluate the prompt")
     while True:
-        token = pick(len(tokens))
+        scores = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(n_vocab,))
+        if logits is not None:
+            logits.append(scores.astype(np.float32, copy=True))
+        if force is not None:
+            token = force[len(tokens)]
+        elif len(tokens) < min_new_tokens:  # no end of generation yet
+            token = int(np.where(is_eog, -np.inf, scores).argmax())
+        else:
+            token = int(scores.argmax())
         tokens.append(token)
         times.append(time.perf_counter())
         if len(tokens) >= max_new_tokens or (token in model._eog and force is None):
@@ -450,17 +378,14 @@ def generate(model: LlamaCppVLM, p: Prompt, max_new_tokens: int, min_new_tokens:
 
 
 def answer(model: LlamaCppVLM, question: str, image=None, max_new_tokens: int = 64) -> str:
-    """The model's greedy answer to ``question`` about ``image`` (or text only).
-
-    At least one token is generated: SmolLM2's language model in SmolVLM2's format often ends its turn at once
-    (the smollm2-256m stand-in's generation config forbids that the same way).
-    """
+    """The greedy answer to ``question`` about ``image`` (or text only), at least one token long (SmolLM2 in
+    SmolVLM2's format often ends its turn at once; the smollm2-256m stand-in's generation config forbids it too)."""
     tokens, _, _, _ = generate(model, prompt(model, question, image), max_new_tokens, min_new_tokens=1)
     return _text(model, tokens)
 
 
 def _text(model: LlamaCppVLM, tokens: list[int]) -> str:
-    """The answer's text: ``tokens`` without the end-of-generation ones, decoded."""
+    """``tokens`` decoded, without the end-of-generation ones."""
     return model.llm.detokenize([t for t in tokens if t not in model._eog]).decode(errors="replace").strip()
 
 
@@ -468,36 +393,23 @@ def time_generation(model: LlamaCppVLM, p: Prompt, new_tokens: int) -> dict:
     """One greedy generation of exactly ``new_tokens`` tokens: ttft_s, tpot_s, decode_tok_s, e2e_s (as bench)."""
     if new_tokens < 2:
         raise ValueError(f"new_tokens must be >= 2 to measure time per token, got {new_tokens}")
-    tokens, times, start, end = generate(model, p, new_tokens, new_tokens)
-    if len(tokens) != new_tokens:
-        raise RuntimeError(f"asked for {new_tokens} new tokens, got {len(tokens)}")
+    _, times, start, end = generate(model, p, new_tokens, new_tokens)
     return bench.token_figures(start, times, end)
 
 
 def image_tokens_for_edge(longest_edge: int | None) -> int | None:
-    """llama.cpp's nearest setting to transformers' ``longest_edge``: a budget of (edge / 64)^2 image tokens per
-    image (64 for a 512-pixel edge, which llama.cpp still sends as one tile plus the global view, 128 tokens);
-    ``None`` keeps the mmproj's 2048."""
+    """llama.cpp's nearest setting to transformers' ``longest_edge``: (edge / 64)^2 image tokens per image (64 for
+    512 pixels, which llama.cpp still sends as a tile plus the global view); ``None`` keeps the mmproj's 2048."""
     return (longest_edge // 64) ** 2 if longest_edge else None
 
 
-def workload_image_tokens(w: bench.Workload) -> int | None:
-    """:func:`image_tokens_for_edge` of a workload's ``longest_edge``."""
-    return image_tokens_for_edge(w.longest_edge)
-
-
-def prepare(model: LlamaCppVLM, w: bench.Workload) -> Prompt:
-    """The prompt of workload ``w`` (its photo from data/images, or text only), with its facts."""
-    image = data.photo_path(w.photo) if w.photo else None
-    p = prompt(model, w.question, image, workload_image_tokens(w))
-    p.facts.update(photo=w.photo or None, question=w.question, new_tokens=w.new_tokens,
-                   max_image_tokens=workload_image_tokens(w))
-    return p
-
-
 def run_workload(model: LlamaCppVLM, w: bench.Workload, warmup: int, iterations: int) -> dict:
-    """``warmup`` untimed generations, then ``iterations`` timed ones: ``{figure: summary}`` plus ``facts``."""
-    p = prepare(model, w)
+    """``warmup`` untimed generations of workload ``w``, then ``iterations`` timed ones: ``{figure: summary}`` plus
+    ``facts`` (of the prompt and the workload)."""
+    max_image_tokens = image_tokens_for_edge(w.longest_edge)
+    p = prompt(model, w.question, data.photo_path(w.photo) if w.photo else None, max_image_tokens)
+    p.facts.update(photo=w.photo or None, question=w.question, new_tokens=w.new_tokens,
+                   max_image_tokens=max_image_tokens)
     for _ in range(warmup):
         time_generation(model, p, w.new_tokens)
     runs = [time_generation(model, p, w.new_tokens) for _ in range(iterations)]
@@ -506,8 +418,7 @@ def run_workload(model: LlamaCppVLM, w: bench.Workload, warmup: int, iterations:
 
 
 def lm_bytes_per_token(path: Path) -> int:
-    """Bytes of weights a GGUF language model reads per generated token: every tensor but the input embedding
-    table (each token reads one row of it), as :func:`helpers.bench.lm_bytes_per_token` counts an IR's."""
+    """Bytes of weights a GGUF language model reads per token: all but the input embedding (as bench counts an IR's)."""
     from gguf import GGUFReader
 
     return sum(int(t.n_bytes) for t in GGUFReader(path).tensors if t.name != "token_embd.weight")
@@ -516,10 +427,11 @@ def lm_bytes_per_token(path: Path) -> int:
 def measure_contender(folder: Path, lm_type: str, threads: int, workloads: dict[str, bench.Workload] = bench.WORKLOADS,
                     *, warmup: int = 1, iterations: dict[str, int] | None = None,
                     then: Callable[[LlamaCppVLM], Any] | None = None) -> tuple[dict, Any]:
-    """Load ``lm_type`` from a :func:`convert` folder with ``threads`` threads, time every workload, then call
-    ``then(model)`` while it is loaded: ``(record, then_result)``, the record shaped like
-    :func:`helpers.bench.measure_contender`'s (``backend`` "llama.cpp", GGUF sizes instead of the IR's). A failure is
-    recorded as ``error`` instead of stopping the benchmark, as bench does."""
+    """Load ``lm_type`` with ``threads`` threads, time every workload, then call ``then(model)`` while it is loaded.
+
+    Returns ``(record, then_result)``, the record shaped like :func:`helpers.bench.measure_contender`'s (GGUF sizes
+    instead of the IR's); a failure is recorded as ``error``, as bench does.
+    """
     iterations = iterations or bench.plan().iterations
     folder = Path(folder)
     record: dict = {"label": f"llama.cpp {lm_type.upper()}", "backend": "llama.cpp", "precision": lm_type,
@@ -543,11 +455,9 @@ def measure_contender(folder: Path, lm_type: str, threads: int, workloads: dict[
 
 
 def run_quality(model: LlamaCppVLM, samples: list, max_new_tokens: int, reference: list) -> list:
-    """:func:`helpers.quality.run` for llama.cpp: each sample answered greedily (at least one token, as the
-    stand-in's generation config asks) and scored against the reference's answers token by token (teacher
-    forcing on the reference's tokens, llama.cpp's own logits). A photo goes through llama.cpp's own
-    preprocessing with the same tiling (:func:`image_tokens_for_edge` of ``quality.EVAL_LONGEST_EDGE``), so on
-    photo questions its input is close to, not the same as, the reference's."""
+    """:func:`helpers.quality.run` for llama.cpp: each sample answered greedily (at least one token) and scored
+    against ``reference`` by teacher forcing on its tokens. Photos go through llama.cpp's own preprocessing at the
+    nearest tiling to ``quality.EVAL_LONGEST_EDGE``, so their input is close to, not the same as, the reference's."""
     import numpy as np
     import torch
 
@@ -559,17 +469,9 @@ def run_quality(model: LlamaCppVLM, samples: list, max_new_tokens: int, referenc
     for sample, ref in zip(samples, reference):
         p = prompt(model, sample.question, sample.image, image_tokens_for_edge(quality.EVAL_LONGEST_EDGE))
         tokens, _, _, _ = generate(model, p, max_new_tokens, min_new_tokens=1)
-        text = _text(model, tokens)
         forced: list = []
         generate(model, p, len(ref.tokens), force=ref.tokens, logits=forced)
         scores = quality.token_metrics(ref.logits, torch.from_numpy(np.stack(forced)), ref.tokens)
-        answers.append(quality.Answer(tokens, text, scores=scores))
+        answers.append(quality.Answer(tokens, _text(model, tokens), scores=scores))
     return answers
-
-
-def image_facts(model: LlamaCppVLM, photo: str, question: str = "What is in this image?",
-                max_image_tokens: int | None = None) -> dict:
-    """How llama.cpp tiles a photo of data/images: prompt tokens, images the encoder sees (tiles + global view),
-    image tokens (64 per image for SmolVLM2)."""
-    return prompt(model, question, data.photo_path(photo), max_image_tokens).facts
 

@@ -1,23 +1,8 @@
 """Where the time of one ``generate`` call goes: vision encoder, text embeddings, language model, and the rest.
 
-A :class:`StageClock` notes the start and end of every call into a submodel while ``generate`` runs:
-
-- OpenVINO (Optimum Intel): the three compiled submodels, by wrapping the Python methods that run their infer
-  requests: ``vision_embeddings.forward`` (the vision encoder with its connector), ``language_model.embed_tokens``
-  (the text-embeddings model) and ``language_model.forward`` (the language model);
-- PyTorch: forward hooks on the same parts of ``SmolVLMForConditionalGeneration``: the vision model and the
-  connector; the input embedding table; the text model and the output head.
-
-:func:`split` then assigns each call to the token it served, by the time ``generate`` handed out each token
-(bench's :class:`~helpers.bench.TokenTimes`): everything before the first token is the **first token** (vision
-encoder, embeddings, the language model's prefill over the whole prompt, and the rest), everything between two
-tokens is one **decoding step** (language model, embeddings, and the rest). "The rest" is what ``generate``
-does in Python around the submodels (preparing inputs, logits processing, the streamer): measured as the
-remainder, so the parts add up to the whole by construction, and a negative remainder would mean the clock
-counted something twice (the tests check it never is).
-
-These runs are separate from the headline timings: the clock's own cost (a few microseconds per call) stays
-out of TTFT and TPOT. Written by hand because neither library reports a per-submodel split of ``generate``.
+A :class:`StageClock` times every submodel call while ``generate`` runs; :func:`split` assigns each call to the
+token it served. "The rest" (``generate``'s own Python) is the remainder, so the parts add up to the whole.
+Hand-written because neither Optimum Intel nor transformers reports a per-submodel split of ``generate``.
 """
 
 from __future__ import annotations
@@ -30,7 +15,10 @@ STAGES = ("vision", "text_embeddings", "language_model")
 
 
 class StageClock:
-    """Context manager: while active, ``events`` collects ``(stage, start, end)`` for every submodel call."""
+    """Context manager: while active, ``events`` collects ``(stage, start, end)`` for every submodel call.
+
+    OpenVINO (Optimum Intel): wraps the methods that run the compiled submodels; PyTorch: forward hooks.
+    """
 
     def __init__(self, model) -> None:
         self.model = model
@@ -84,11 +72,10 @@ class StageClock:
 
 def split(events: list[tuple[str, float, float]], start: float, token_times: list[float], end: float,
           tiles: int) -> dict:
-    """The first token and the mean decoding step split into stages (seconds), from one timed generation.
+    """The first token and the mean decoding step of one timed generation split into stages (seconds).
 
-    ``first_token``: ``vision``, ``text_embeddings``, ``language_model`` (the prefill) and ``rest``, adding up to
-    ``ttft``; ``vision_per_tile``; ``per_token``: ``language_model``, ``text_embeddings`` and ``rest``, adding up
-    to ``tpot`` (the mean gap between later tokens).
+    ``first_token``: its stages and ``rest``, adding up to ``ttft``; ``per_token``: ``language_model``,
+    ``text_embeddings`` and ``rest``, adding up to ``tpot``; ``vision_per_tile``; ``e2e``.
     """
     steps: list[dict[str, float]] = [dict.fromkeys(STAGES, 0.0) for _ in token_times]
     for stage, began, ended in events:
@@ -96,22 +83,19 @@ def split(events: list[tuple[str, float, float]], start: float, token_times: lis
         step = next((i for i, t in enumerate(token_times) if ended <= t), len(token_times) - 1)
         steps[step][stage] += ended - began
     ttft = token_times[0] - start
-    first = {**steps[0], "ttft": ttft}
-    first["rest"] = ttft - sum(steps[0].values())
+    first = {**steps[0], "ttft": ttft, "rest": ttft - sum(steps[0].values())}
     later = steps[1:]
     tpot = (token_times[-1] - token_times[0]) / max(len(later), 1)
     per_token = {stage: statistics.fmean(s[stage] for s in later) if later else 0.0
                  for stage in ("language_model", "text_embeddings")}
-    per_token["tpot"] = tpot
-    per_token["rest"] = tpot - per_token["language_model"] - per_token["text_embeddings"]
+    per_token.update(tpot=tpot, rest=tpot - sum(per_token.values()))
     return {"first_token": first, "vision_per_tile": first["vision"] / tiles if tiles else 0.0,
             "per_token": per_token, "e2e": end - start}
 
 
 def measure(model, inputs, new_tokens: int, tiles: int, iterations: int = 1) -> dict:
-    """:func:`split` of ``iterations`` timed generations (after the caller's warm-up): the first token of the run
-    with the median TTFT and the decoding step of the run with the median TPOT, each with all its parts (so
-    they still add up), and the median end-to-end time."""
+    """:func:`split` of ``iterations`` timed generations (after the caller's warm-up): the first token of the
+    median-TTFT run and the step of the median-TPOT run (so their parts still add up), and the median e2e."""
     from helpers.bench import generate_timed
 
     if iterations < 1:
@@ -127,13 +111,9 @@ def measure(model, inputs, new_tokens: int, tiles: int, iterations: int = 1) -> 
             "per_token": step["per_token"], "e2e": statistics.median(r["e2e"] for r in runs)}
 
 
-# --- the compute limit of the first token -------------------------------------------------------------------
-
-
 def vision_flops_per_tile(folder: Path) -> int:
-    """Floating-point operations of the vision encoder (with its connector) for one 512x512 tile, counted from
-    its IR reshaped to one tile: 2 per multiply-add of every MatMul, Convolution and ScaledDotProductAttention
-    (the exporter fuses attention into that one op)."""
+    """FLOPs of the vision encoder and connector for one 512x512 tile, counted from its IR: 2 per multiply-add of
+    every MatMul, Convolution and ScaledDotProductAttention (the exporter fuses attention into that op)."""
     import numpy as np
     import openvino as ov
 
@@ -162,9 +142,8 @@ def vision_flops_per_tile(folder: Path) -> int:
 
 
 def prefill_flops(text_config, tokens: int) -> int:
-    """Floating-point operations of the language model's prefill over ``tokens`` tokens, from its sizes: the
-    linear layers (2 per weight per token), causal attention (scores and weighted sum over the earlier tokens)
-    and the output head for the one token whose logits are needed."""
+    """FLOPs of the language model's prefill over ``tokens`` tokens: linear layers (2 per weight per token),
+    causal attention, and the output head for the one token whose logits are needed."""
     c = text_config
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     q, kv = c.num_attention_heads * head_dim, c.num_key_value_heads * head_dim
@@ -176,8 +155,8 @@ def prefill_flops(text_config, tokens: int) -> int:
 
 def compute_fractions(split: dict, vision_flops: int, tiles: int, lm_flops: int, peak_vision: float,
                       peak_lm: float) -> dict:
-    """Achieved GFLOP/s of the vision encoder and of the prefill in one stage split, and their fractions of the
-    measured peaks (GFLOP/s) for the precisions they run in."""
+    """Achieved GFLOP/s of the vision encoder and the prefill in one :func:`split`, and their fractions of the
+    measured peaks (GFLOP/s)."""
     first = split["first_token"]
     out: dict = {"vision_GFLOP": vision_flops * tiles / 1e9, "prefill_GFLOP": lm_flops / 1e9}
     if tiles and first["vision"] > 0:

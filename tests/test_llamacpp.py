@@ -18,8 +18,27 @@ except ImportError:
     pytest.skip("llama-cpp-python is not installed (it is built from source; see the Makefile)",
                 allow_module_level=True)
 
-from helpers import bench, chat, images, llamacpp
+from helpers import bench, chat, data, images, llamacpp
 from helpers.paths import models_dir
+
+
+def _token_ids(p: llamacpp.Prompt, image_token_id: int) -> list[int]:
+    """The prompt's token ids, each image token shown as ``image_token_id`` (to compare with transformers' ids)."""
+    import ctypes
+
+    from llama_cpp import mtmd_cpp
+
+    ids: list[int] = []
+    for i in range(mtmd_cpp.mtmd_input_chunks_size(p.chunks)):
+        chunk = mtmd_cpp.mtmd_input_chunks_get(p.chunks, i)
+        if mtmd_cpp.mtmd_input_chunk_get_type(chunk) == mtmd_cpp.MTMD_INPUT_CHUNK_TYPE_TEXT:
+            n = ctypes.c_size_t()
+            tokens = mtmd_cpp.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
+            ids += [tokens[j] for j in range(n.value)]
+        else:
+            ids += [image_token_id] * mtmd_cpp.mtmd_input_chunk_get_n_tokens(chunk)
+    return ids
+
 
 @pytest.fixture(scope="module")
 def gguf(tiny):
@@ -57,8 +76,8 @@ def test_every_standin_tokenizer_has_the_image_wrapper_tokens(tiny_standin):
 
 
 def test_workload_image_tokens():
-    assert llamacpp.workload_image_tokens(bench.WORKLOADS["blog"]) == 64
-    assert llamacpp.workload_image_tokens(bench.WORKLOADS["photo"]) is None
+    assert llamacpp.image_tokens_for_edge(bench.WORKLOADS["blog"].longest_edge) == 64
+    assert llamacpp.image_tokens_for_edge(bench.WORKLOADS["photo"].longest_edge) is None
 
 
 @pytest.mark.slow
@@ -90,14 +109,14 @@ def test_conversion_files_and_skip(gguf, tiny, monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_answers_a_photo(model):
-    text = llamacpp.answer(model, "What is in this image?", llamacpp.data.photo_path("cat"), max_new_tokens=8)
+    text = llamacpp.answer(model, "What is in this image?", data.photo_path("cat"), max_new_tokens=8)
     assert isinstance(text, str) and text  # random weights: any text, but some
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("photo", ["cat", None])
 def test_exactly_n_new_tokens(model, photo):
-    p = llamacpp.prompt(model, "Describe this image in detail.", llamacpp.data.photo_path(photo) if photo else None)
+    p = llamacpp.prompt(model, "Describe this image in detail.", data.photo_path(photo) if photo else None)
     tokens, times, start, end = llamacpp.generate(model, p, 12, min_new_tokens=12)
     assert len(tokens) == len(times) == 12 and start < times[0] <= times[-1] <= end
     figures = llamacpp.time_generation(model, p, 6)
@@ -113,15 +132,15 @@ def test_tiles_and_tokens_match_transformers(model, tiny):
 
     processor = AutoProcessor.from_pretrained(tiny.source)
     question = "What is in this image?"
-    image = images.load_image(llamacpp.data.photo_path("cat"))
+    image = images.load_image(data.photo_path("cat"))
     hf = chat.question_inputs(processor, question, image)
     p = llamacpp.prompt(model, question, image)
     image_token = processor.tokenizer.convert_tokens_to_ids("<image>")
     assert p.facts["image_tiles"] == hf["pixel_values"].shape[1] == 13  # 4x3 tiles + the global view
     assert p.facts["image_tokens"] == 13 * 64
-    assert llamacpp.prompt_token_ids(model, p, image_token) == hf["input_ids"][0].tolist()
+    assert _token_ids(p, image_token) == hf["input_ids"][0].tolist()
     # The blog's one 512x512 tile: transformers makes 1 image; llama.cpp's nearest setting makes a tile + global view.
-    one = llamacpp.image_facts(model, "astronaut", question, max_image_tokens=64)
+    one = llamacpp.prompt(model, question, data.photo_path("astronaut"), max_image_tokens=64).facts
     assert (one["image_tiles"], one["image_tokens"]) == (2, 128)
 
 
