@@ -1,14 +1,9 @@
-"""Asking SmolVLM about images and a video: load a variant on a device, build inputs, stream the answer, time it.
+"""Asking SmolVLM about images and a video: load a variant, build inputs, stream the answer, time it.
 
-Notebook 03 shows the calls themselves (messages, ``apply_chat_template``, the processor, ``generate``,
-``batch_decode``); these functions do the same (with a faster loop that picks the same tokens as ``generate``,
-:mod:`helpers.greedy`) with the checks a user of a playground needs, so bad input
-ends in one clear sentence (:class:`ChatError`, :class:`helpers.images.ImageError`, ``ValueError`` for a
-device) instead of a traceback from deep inside transformers or OpenVINO.
-
-Timings follow the field's definitions (as OpenVINO GenAI's llm_bench takes them): time to first token (TTFT)
-runs from the start of :func:`ask` (so it includes loading and cutting the image into tiles, and the vision
-encoder) to the first generated token; decode speed is ``(new tokens - 1) / (time of last token - time of first token)``.
+The same calls notebook 03 shows (chat template, processor, greedy decoding via :mod:`helpers.greedy`), with
+checks that turn bad input into one sentence (:class:`ChatError`, ``images.ImageError``, ``ValueError``).
+Timings as OpenVINO GenAI's llm_bench takes them: TTFT from the start of :func:`ask` to the first new token;
+decode speed ``(new tokens - 1) / (last token time - first token time)``.
 """
 
 from __future__ import annotations
@@ -46,11 +41,9 @@ def model_folder(choice: ModelChoice, variant: str) -> Path:
 
 
 def load_model(folder: Path, device: str = "CPU", *, compile_cache: bool = True):
-    """``(model, processor)`` for the IR in ``folder``, compiled for ``device`` (checked first: see helpers.devices).
+    """``(model, processor)`` for the IR in ``folder``, compiled for ``device`` (checked first).
 
-    With ``compile_cache``, OpenVINO keeps the compiled model in :func:`helpers.paths.openvino_cache_dir`
-    (``CACHE_DIR``), so loading the same variant again (a notebook re-run, the playground switching back) skips
-    most of the compile; notebook 04 measures by how much.
+    ``compile_cache`` keeps the compiled model in :func:`helpers.paths.openvino_cache_dir`, so reloading is faster.
     """
     from optimum.intel import OVModelForVisualCausalLM
     from transformers import AutoProcessor
@@ -69,13 +62,11 @@ def load_model(folder: Path, device: str = "CPU", *, compile_cache: bool = True)
         raise ChatError(str(err)) from None
     ov_config = {"CACHE_DIR": str(openvino_cache_dir())} if compile_cache else None
     model = OVModelForVisualCausalLM.from_pretrained(folder, device=device, ov_config=ov_config)
-    processor = AutoProcessor.from_pretrained(folder)
-    return model, processor
+    return model, AutoProcessor.from_pretrained(folder)
 
 
 def check_question(question: str, processor=None) -> str:
-    """``question`` without surrounding blanks; :class:`ChatError` if it is not text, empty, or holds the model's
-    markers."""
+    """``question`` stripped; :class:`ChatError` if it is not text, empty, or holds the model's markers."""
     if question is not None and not isinstance(question, str):
         raise ChatError(f"The question must be text (a str), not {type(question).__name__}: "
                         f"e.g. \"What is in this image?\".")
@@ -83,8 +74,7 @@ def check_question(question: str, processor=None) -> str:
     if not text:
         raise ChatError("The question is empty: type what you want to know about the image.")
     if processor is not None:
-        reserved = [processor.image_token, processor.video_token, *processor.tokenizer.all_special_tokens]
-        for marker in reserved:
+        for marker in [processor.image_token, processor.video_token, *processor.tokenizer.all_special_tokens]:
             if marker and marker in text:
                 raise ChatError(
                     f"The question contains {marker!r}, a marker the model reserves for images and turns: "
@@ -93,13 +83,9 @@ def check_question(question: str, processor=None) -> str:
     return text
 
 
-_ONE_IMAGE = (str, os.PathLike, bytes, bytearray, memoryview, Image.Image)
-MAX_LONGEST_EDGE = images.MAX_EDGE  # SmolVLM2's processor resizes to at most 2048 px (4x4 tiles of 512)
-
-
 def check_image_list(image_list) -> list:
     """``image_list`` as a list; :class:`ChatError` when it is one image instead of a list, or not a list."""
-    if isinstance(image_list, _ONE_IMAGE):
+    if isinstance(image_list, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image)):
         shown = (repr(str(image_list)) if isinstance(image_list, (str, os.PathLike))
                  else "image" if isinstance(image_list, Image.Image) else "data")
         raise ChatError(f"Images go in a list, even a single one: pass [{shown}] instead of {shown}.")
@@ -121,26 +107,18 @@ def check_count(name: str, value, low: int = 1, high: int | None = None) -> int:
 
 def user_message(question: str, n_images: int = 1, video: bool = False) -> list[dict]:
     """Chat messages for one user turn: ``n_images`` image places (or a video place), then the question."""
-    content = [{"type": "image"} for _ in range(n_images)]
-    if video:
-        content.append({"type": "video"})
-    content.append({"type": "text", "text": question})
-    return [{"role": "user", "content": content}]
+    content = [{"type": "image"} for _ in range(n_images)] + ([{"type": "video"}] if video else [])
+    return [{"role": "user", "content": [*content, {"type": "text", "text": question}]}]
 
 
 def prompt_text(processor, question: str, n_images: int = 0) -> str:
-    """The chat-template prompt of one user turn (``n_images`` image places, then ``question``), ready for the
-    answer."""
+    """The chat-template prompt of one user turn, ready for the answer."""
     return processor.apply_chat_template(user_message(question, n_images), add_generation_prompt=True)
 
 
 def question_inputs(processor, question: str, image: images.ImageSource | None = None, *,
                     longest_edge: int | None = None):
-    """Model inputs for one question about one image (``None``: text only); see :func:`prepare_inputs`.
-
-    ``longest_edge`` sets how large the processor scales the photo before cutting 512-pixel tiles: 512 gives one
-    tile, 1024 a 2x2 grid plus the global view (5 tiles), 2048 (SmolVLM's default) up to 4x4 + 1 = 17.
-    """
+    """Model inputs for one question about one image (``None``: text only); see :func:`prepare_inputs`."""
     pictures = [] if image is None else [image]
     return prepare_inputs(processor, user_message(question, len(pictures)), pictures, longest_edge=longest_edge)
 
@@ -149,24 +127,16 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def prepare_inputs(
-    processor,
-    messages: list[dict],
-    image_list: Sequence[images.ImageSource] = (),
-    video=None,
-    *,
-    longest_edge: int | None = None,
-):
-    """Model inputs for ``messages`` with ``image_list`` (paths, bytes or PIL images) or one ``video``.
+def prepare_inputs(processor, messages: list[dict], image_list: Sequence[images.ImageSource] = (), video=None, *,
+                   longest_edge: int | None = None):
+    """Model inputs for ``messages`` with ``image_list`` or one ``video`` (a path or ``images.load_video`` output).
 
-    ``video`` is a path or the ``(frames, metadata)`` of :func:`helpers.images.load_video`; its frames are sampled
-    the way SmolVLM2 expects (``do_sample_frames=True``). ``longest_edge`` overrides the size the processor
-    resizes images to before cutting tiles (default: the processor's, 2048 for SmolVLM2). Raises
-    :class:`ChatError` when the images don't match the places the prompt has for them.
+    ``longest_edge`` overrides the size images are resized to before tiling (512: 1 tile, 2048: up to 4x4 + 1).
+    Raises :class:`ChatError` when the images don't match the places the prompt has for them.
     """
     image_list = check_image_list(image_list)
     if longest_edge is not None:
-        longest_edge = check_count("longest_edge", longest_edge, images.MIN_EDGE, MAX_LONGEST_EDGE)
+        longest_edge = check_count("longest_edge", longest_edge, images.MIN_EDGE, images.MAX_EDGE)
     if video is not None and not isinstance(video, (str, os.PathLike, tuple)):
         raise ChatError(f"video must be a file path or the (frames, metadata) of images.load_video, "
                         f"not {type(video).__name__}.")
@@ -176,28 +146,25 @@ def prepare_inputs(
     if n_images and video is not None:
         raise ChatError("SmolVLM's processor takes either images or one video in a prompt, not both: ask separately.")
     if n_images > image_places:
-        raise ChatError(
-            f"You passed {_plural(n_images, 'image')} but the prompt has places for {image_places}: "
-            "add one {'type': 'image'} entry to the message for each image."
-        )
+        raise ChatError(f"You passed {_plural(n_images, 'image')} but the prompt has places for {image_places}: "
+                        "add one {'type': 'image'} entry to the message for each image.")
     if n_images < image_places:
-        raise ChatError(
-            f"The prompt has places for {_plural(image_places, 'image')} but you passed {n_images}: "
-            "pass one image for each {'type': 'image'} entry."
-        )
+        raise ChatError(f"The prompt has places for {_plural(image_places, 'image')} but you passed {n_images}: "
+                        "pass one image for each {'type': 'image'} entry.")
     if (video is not None) != (video_places > 0) or video_places > 1:
         raise ChatError(
             f"The prompt has {_plural(video_places, 'video place')} but you passed "
             f"{'a video' if video is not None else 'none'}: use one {{'type': 'video'}} entry with one video."
         )
     if video is not None:
-        frames, metadata = images.load_video(video) if not isinstance(video, tuple) else video
+        frames, metadata = video if isinstance(video, tuple) else images.load_video(video)
+        # SmolVLM2 expects the processor to sample the frames (fps per second, at most num_frames).
         return processor(text=prompt, videos=[[frames]], video_metadata=[metadata], do_sample_frames=True,
                          return_tensors="pt")
     if not n_images:
         return processor(text=prompt, return_tensors="pt")
     pictures = [images.load_image(source) for source in image_list]
-    size = {"size": {"longest_edge": int(longest_edge)}} if longest_edge else {}
+    size = {"size": {"longest_edge": longest_edge}} if longest_edge else {}
     return processor(text=prompt, images=[pictures], return_tensors="pt", **size)
 
 
@@ -234,22 +201,12 @@ class Answer:
         return f"{self.text}\n[{self.stats_line()}]"
 
 
-def stream_answer(
-    model,
-    processor,
-    inputs,
-    *,
-    max_new_tokens: int = 64,
-    on_text: Callable[[str], None] | None = None,
-    start: float | None = None,
-) -> Answer:
-    """The greedy answer to processor output ``inputs``; each piece of text goes to ``on_text`` as soon as it is
-    decoded.
+def stream_answer(model, processor, inputs, *, max_new_tokens: int = 64,
+                  on_text: Callable[[str], None] | None = None, start: float | None = None) -> Answer:
+    """The greedy answer to processor output ``inputs``, each piece of text sent to ``on_text`` once decoded.
 
-    The tokens are the ones ``model.generate(**inputs, do_sample=False)`` chooses, from a plain loop over the same
-    compiled submodels (:func:`helpers.greedy.greedy_tokens`) that skips transformers' per-token Python (notebook
-    04 measures the difference). ``start`` (a ``time.perf_counter()`` value) is where TTFT is counted from
-    (default: now); each token is timed when it is chosen, as the benchmark's token clock does.
+    Same tokens as ``model.generate(**inputs, do_sample=False)``, via :func:`helpers.greedy.greedy_tokens`.
+    ``start`` (a ``time.perf_counter()`` value, default now) is where TTFT is counted from.
     """
     import numpy as np
     from transformers import TextStreamer
@@ -297,20 +254,12 @@ def stream_answer(
 
 def ask(model, processor, question: str, image_list: Sequence[images.ImageSource] = (), video=None,
         **options) -> Answer:
-    """Ask ``question`` about ``image_list`` (or a ``video``) and stream the answer; checks every input first.
-
-    One turn, no memory (:class:`Conversation` keeps earlier turns); ``options`` as for :meth:`Conversation.ask`
-    (``max_new_tokens``, ``longest_edge``, ``on_text``).
-    """
+    """Ask about ``image_list`` (or a ``video``) with no memory; ``options`` as for :meth:`Conversation.ask`."""
     return Conversation().ask(model, processor, question, image_list, video, **options)
 
 
 class Conversation:
-    """A multi-turn chat: every new prompt holds the earlier turns (through the chat template) and their images.
-
-    The model itself has no memory between ``generate`` calls: it reads the whole conversation again each turn,
-    so every turn's images stay in the prompt (and cost their tiles again) until :meth:`clear`.
-    """
+    """A multi-turn chat: each new prompt holds the earlier turns and their images (which cost their tiles again)."""
 
     def __init__(self) -> None:
         self.messages: list[dict] = []  # user and assistant turns, as the chat template takes them
@@ -326,20 +275,10 @@ class Conversation:
         """Forget every earlier turn."""
         self.messages, self.images, self.video = [], [], None
 
-    def ask(
-        self,
-        model,
-        processor,
-        question: str,
-        image_list: Sequence[images.ImageSource] = (),
-        video=None,
-        *,
-        max_new_tokens: int = 64,
-        longest_edge: int | None = None,
-        on_text: Callable[[str], None] | None = None,
-    ) -> Answer:
-        """Ask ``question`` (about new images in ``image_list`` or a ``video``, if any) as the next turn; the
-        answer streams to ``on_text`` and joins the conversation. Checks every input first."""
+    def ask(self, model, processor, question: str, image_list: Sequence[images.ImageSource] = (), video=None, *,
+            max_new_tokens: int = 64, longest_edge: int | None = None,
+            on_text: Callable[[str], None] | None = None) -> Answer:
+        """Ask ``question`` (about new images or a ``video``, if any) as the next turn; checks every input first."""
         start = time.perf_counter()
         question = check_question(question, processor)
         pictures = [images.load_image(source) for source in check_image_list(image_list)]

@@ -1,9 +1,5 @@
-"""The course's small, offline data: six photos, a calibration set, an evaluation set and a demo video.
-
-Everything lives in ``data/`` in the repository (see ``data/SOURCES.md`` for where each file comes from).
-Nothing here touches the network: the JSONL files are read with ``datasets.load_dataset("json", ...)``,
-which works with ``HF_HUB_OFFLINE=1``.
-"""
+"""The course's small, offline data in ``data/`` (sources: ``data/SOURCES.md``): six photos, calibration and
+evaluation sets, a demo video. JSONL files are read with ``datasets.load_dataset("json", ...)``: no network."""
 
 from __future__ import annotations
 
@@ -38,14 +34,14 @@ def photo_path(name: str) -> Path:
 
 
 def _load_jsonl(path: Path) -> datasets.Dataset:
-    """Load one of the course's JSONL files; ``image`` paths (relative to ``data/``) become PIL images."""
+    """One of the JSONL files; ``image`` paths (relative to ``data/``) become PIL images."""
     ds = datasets.load_dataset("json", data_files=str(path), split="train")
     ds = ds.map(lambda row: {"image": str(DATA_DIR / row["image"])})
     return ds.cast_column("image", datasets.Image())
 
 
 def load_calibration_dataset(num_samples: int = 50) -> datasets.Dataset:
-    """The first ``min(num_samples, available)`` rows of ``data/calibration.jsonl`` (columns image, question).
+    """The first ``num_samples`` rows (at most all) of ``data/calibration.jsonl``: columns image, question.
 
     Rows are stored round-robin over the photos, so even a small ``num_samples`` covers several of them.
     """
@@ -56,9 +52,8 @@ def load_calibration_dataset(num_samples: int = 50) -> datasets.Dataset:
 
 
 def load_text_calibration(num_samples: int = 50) -> list[str]:
-    """The first ``min(num_samples, available)`` requests of ``data/calibration_text.jsonl``: text-only prompts
-    (none of them an evaluation question) on which the data-aware 4-bit recipes measure the language model's
-    activations."""
+    """The first ``num_samples`` text-only prompts (none an evaluation question) of ``data/calibration_text.jsonl``,
+    for the data-aware 4-bit recipes."""
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     rows = datasets.load_dataset("json", data_files=str(TEXT_CALIBRATION_FILE), split="train")
@@ -71,8 +66,8 @@ def load_eval_set() -> datasets.Dataset:
 
 
 def load_text_questions() -> datasets.Dataset:
-    """The text-only questions of ``data/text_questions.jsonl`` with short reference answers (columns question,
-    answer), for a model whose language model has real weights (e.g. the ``smollm2-256m`` stand-in)."""
+    """The text-only questions of ``data/text_questions.jsonl`` (columns question, answer), for a model with a real
+    language model (e.g. the ``smollm2-256m`` stand-in)."""
     return datasets.load_dataset("json", data_files=str(TEXT_QUESTIONS_FILE), split="train")
 
 

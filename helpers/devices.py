@@ -1,8 +1,5 @@
-"""Which OpenVINO devices this machine has, and a clear error for one it hasn't.
-
-OpenVINO lists the devices it can use (``CPU`` everywhere; ``GPU`` or ``GPU.0``, ``GPU.1`` and ``NPU`` where
-drivers are installed). ``AUTO`` is not a device but a plugin that picks one of them, so we offer it too.
-"""
+"""Which OpenVINO devices this machine has (plus ``AUTO``, the plugin that picks one), and a clear error for one
+it hasn't."""
 
 from __future__ import annotations
 
@@ -37,10 +34,9 @@ def _is_present(device: str, present: list[str]) -> bool:
 
 
 def check_device(device: str) -> str:
-    """Return ``device`` in OpenVINO's spelling (``"cpu"`` -> ``"CPU"``) or raise one clear ``ValueError``.
+    """``device`` in OpenVINO's spelling (``"cpu"`` -> ``"CPU"``; ``AUTO:<dev>,<dev>`` too) or one clear ``ValueError``.
 
-    Accepts the devices of :func:`available_devices` and ``AUTO:<dev>,<dev>`` with devices that are present.
-    Call it before compiling a model: OpenVINO's own error for a missing device comes from deep in the plugin.
+    Call it before compiling: OpenVINO's own error for a missing device comes from deep in the plugin.
     """
     present = _core().available_devices
     offer = ", ".join(available_devices())

@@ -1,22 +1,8 @@
-"""Images and videos in, as SmolVLM's processor wants them: RGB, upright, sensibly sized; or one clear error.
+"""Images and videos in, as SmolVLM's processor wants them (8-bit RGB, upright, 16..2048 px), or one clear error.
 
-:func:`load_image` accepts a path, raw bytes (an upload) or a PIL image and returns an 8-bit RGB image:
-
-- EXIF orientation is applied (phones store portrait photos sideways with a "rotate me" tag);
-- grayscale, palette, CMYK and 16-bit images become RGB (16-bit values are scaled, not clipped: Pillow's own
-  ``convert("RGB")`` clips them to 255, so a 16-bit photo would come out white);
-- transparent images are composited on white (the processor would otherwise drop alpha and show what the
-  transparent pixels happen to hold, often black);
-- very large images are downscaled to ``max_edge`` (2048 px, the most SmolVLM's processor uses:
-  ``size={"longest_edge": 2048}``); JPEGs are decoded at reduced scale straight away (``Image.draft``), so a
-  50-megapixel photo costs little memory. Images above Pillow's decompression-bomb limit (about 179 megapixels)
-  are refused: a file that claims such a size is more often broken or hostile than a photo;
-- tiny images are enlarged (and very thin ones padded) to ``MIN_EDGE`` px on the short side: the processor
-  guesses where the colour channels are from the array shape, and an edge of 1 or 3 px fools it.
-
-What was changed is listed in ``image.info["changes"]`` (the file's own mode and size in ``"original_mode"`` and
-``"original_size"``). Bad input raises :class:`ImageError` (a ``ValueError``)
-with one sentence that names the file. :func:`load_video` does the same for a video clip.
+:func:`load_image` takes a path, bytes or a PIL image, applies EXIF orientation, converts any mode to RGB,
+composites transparency on white and fits the size; ``image.info["changes"]`` lists what it did. Bad input raises
+:class:`ImageError` (a ``ValueError``) naming the file; :func:`load_video` does the same for a clip.
 """
 
 from __future__ import annotations
@@ -33,8 +19,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 TILE_SIZE = 512  # SmolVLM cuts images into tiles of this edge, in pixels
-MAX_EDGE = 2048
-MIN_EDGE = 16
+MAX_EDGE = 2048  # the most SmolVLM's processor uses (size={"longest_edge": 2048})
+MIN_EDGE = 16  # the processor guesses the channel axis from the shape: an edge of 1 or 3 px fools it
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image]
 
 
@@ -46,37 +32,29 @@ class VideoError(ValueError):
     """A video can't be used; the message says which file and why, in one sentence."""
 
 
-def _read_bytes_or_path(source: ImageSource, name: str | None) -> tuple[Union[io.BytesIO, Path], str]:
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        label = repr(name) if name else "the uploaded data"
-        if len(source) == 0:
-            raise ImageError(f"{label} is empty (0 bytes), so it holds no image.")
-        return io.BytesIO(bytes(source)), label
-    if isinstance(source, str) and re.match(r"^(https?|ftp)://|^www\.", source.strip(), re.IGNORECASE):
-        raise ImageError(f"{source!r} is a web address, and images are not downloaded here: save the image to a "
-                         "file first and pass its path.")
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source).expanduser()
-        label = repr(str(name or source))
-        if not path.exists():
-            raise ImageError(f"There is no file {label} (looked at {path.resolve()}).")
-        if path.is_dir():
-            raise ImageError(f"{label} is a folder, not an image file.")
-        if not os.access(path, os.R_OK):
-            raise ImageError(f"{label} exists but can't be read (permission denied).")
-        if path.stat().st_size == 0:
-            raise ImageError(f"{label} is empty (0 bytes), so it holds no image.")
-        return path, label
-    raise ImageError(
-        f"load_image takes a file path, bytes or a PIL image, not {type(source).__name__}."
-    )
-
-
 def _open(source: ImageSource, name: str | None, max_edge: int) -> tuple[Image.Image, str, tuple[int, int]]:
-    """Open and decode ``source`` (JPEGs at reduced scale when they are much larger than ``max_edge``)."""
+    """Check and decode ``source``; ``(image, label for messages, stored size)``."""
     if isinstance(source, Image.Image):
         return source, repr(name) if name else "the image", source.size
-    file, label = _read_bytes_or_path(source, name)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        file, label = io.BytesIO(bytes(source)), repr(name) if name else "the uploaded data"
+        empty = len(source) == 0
+    elif isinstance(source, str) and re.match(r"^(https?|ftp)://|^www\.", source.strip(), re.IGNORECASE):
+        raise ImageError(f"{source!r} is a web address, and images are not downloaded here: save the image to a "
+                         "file first and pass its path.")
+    elif isinstance(source, (str, os.PathLike)):
+        file, label = Path(source).expanduser(), repr(str(name or source))
+        if not file.exists():
+            raise ImageError(f"There is no file {label} (looked at {file.resolve()}).")
+        if file.is_dir():
+            raise ImageError(f"{label} is a folder, not an image file.")
+        if not os.access(file, os.R_OK):
+            raise ImageError(f"{label} exists but can't be read (permission denied).")
+        empty = file.stat().st_size == 0
+    else:
+        raise ImageError(f"load_image takes a file path, bytes or a PIL image, not {type(source).__name__}.")
+    if empty:
+        raise ImageError(f"{label} is empty (0 bytes), so it holds no image.")
     try:
         with warnings.catch_warnings():
             # Between 89 and 179 megapixels Pillow only warns; we downscale such images, so the warning says nothing.
@@ -85,7 +63,7 @@ def _open(source: ImageSource, name: str | None, max_edge: int) -> tuple[Image.I
             stored_size = image.size
             image.draft("RGB", (max_edge, max_edge))  # JPEG only: decode at 1/2, 1/4 or 1/8 scale; else no-op
             image.load()
-    except Image.DecompressionBombError as err:
+    except Image.DecompressionBombError as err:  # ~179 MP: such a file is more often broken or hostile than a photo
         found = re.search(r"\((\d+) pixels\)", str(err))
         size = f"{int(found.group(1)) / 1e6:.0f} megapixels, " if found else ""
         raise ImageError(
@@ -93,7 +71,8 @@ def _open(source: ImageSource, name: str | None, max_edge: int) -> tuple[Image.I
             f"{2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels): downscale it first."
         ) from None
     except UnidentifiedImageError:
-        raise ImageError(f"{label} is not an image file Pillow can read (JPEG, PNG, GIF, BMP, TIFF, WebP, ...).") from None
+        formats = "JPEG, PNG, GIF, BMP, TIFF, WebP, ..."
+        raise ImageError(f"{label} is not an image file Pillow can read ({formats}).") from None
     except (OSError, SyntaxError, ValueError) as err:
         raise ImageError(f"{label} is damaged or truncated and can't be decoded ({err}).") from None
     return image, label, stored_size
@@ -114,6 +93,7 @@ def _to_8bit_rgb(image: Image.Image, label: str, changes: list[str]) -> Image.Im
         changes.append(f"{mode} grayscale scaled to 8-bit")
         return Image.fromarray(gray, mode="L").convert("RGB")
     if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info):
+        # Composite on white: the processor would drop alpha and show whatever the transparent pixels hold.
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         changes.append(f"{mode} with transparency composited on white")
@@ -147,19 +127,19 @@ def _fit_size(image: Image.Image, max_edge: int, min_edge: int, changes: list[st
     return image
 
 
-def load_image(
-    source: ImageSource, *, name: str | None = None, max_edge: int = MAX_EDGE, min_edge: int = MIN_EDGE
-) -> Image.Image:
-    """An 8-bit RGB, upright, sensibly sized copy of ``source`` (path, bytes or PIL image); see the module doc.
+def load_image(source: ImageSource, *, name: str | None = None, max_edge: int = MAX_EDGE,
+               min_edge: int = MIN_EDGE) -> Image.Image:
+    """An 8-bit RGB, upright, sensibly sized copy of ``source``; ``name`` labels bytes in error messages.
 
-    ``name`` labels bytes (e.g. an upload's file name) in error messages. Raises :class:`ImageError`.
-    ``image.info["changes"]`` lists what was done, e.g. ``["rotated upright (EXIF orientation 6)"]``.
+    ``image.info`` holds ``"changes"`` (e.g. ``["rotated upright (EXIF orientation 6)"]``), ``"original_mode"``
+    and ``"original_size"``. Raises :class:`ImageError`.
     """
     image, label, original_size = _open(source, name, max_edge)
     original_mode = image.mode
     changes: list[str] = []
     if image.size != original_size:
-        changes.append(f"JPEG decoded at reduced scale ({original_size[0]}x{original_size[1]} -> {image.width}x{image.height})")
+        changes.append(f"JPEG decoded at reduced scale ({original_size[0]}x{original_size[1]} -> "
+                       f"{image.width}x{image.height})")
     if getattr(image, "n_frames", 1) > 1:
         image.seek(0)
         changes.append(f"first of {image.n_frames} frames")
@@ -167,20 +147,18 @@ def load_image(
     if orientation not in (None, 1):
         image = ImageOps.exif_transpose(image)
         changes.append(f"rotated upright (EXIF orientation {orientation})")
-    image = _to_8bit_rgb(image, label, changes)
-    image = _fit_size(image, max_edge, min_edge, changes)
+    image = _fit_size(_to_8bit_rgb(image, label, changes), max_edge, min_edge, changes)
     if image is source:
         image = image.copy()  # never hand back (and later modify) the caller's own object
-    image.info = {"source": label, "original_mode": original_mode, "original_size": original_size, "changes": changes}
+    image.info = {"source": label, "original_mode": original_mode, "original_size": original_size,
+                  "changes": changes}
     return image
 
 
 def load_video(path: Union[str, os.PathLike]):
-    """All frames of a video file as ``(frames [n, height, width, 3] uint8, transformers VideoMetadata)``.
+    """All frames of a video as ``(frames [n, height, width, 3] uint8, VideoMetadata)``, via transformers and PyAV.
 
-    Decoded with PyAV through transformers' own loader (``load_video(..., backend="pyav")``). The processor
-    then samples the frames SmolVLM2 expects (``do_sample_frames=True``: ``fps`` frames per second of video, at
-    most ``num_frames``). Raises :class:`VideoError` for a missing file or one that isn't a video.
+    Raises :class:`VideoError` for a missing file or one that isn't a video.
     """
     from transformers.video_utils import load_video as hf_load_video
 
@@ -269,12 +247,8 @@ def plot_frames(frames: np.ndarray, indices, fps: float):
 
 
 def make_odd_images(folder: Union[str, os.PathLike], photo: Union[str, os.PathLike]) -> dict[str, Path]:
-    """Write ``photo`` as the odd but valid files users upload; ``{kind: path}``. Used by notebook 03 and the tests.
-
-    Kinds: grayscale, CMYK JPEG, RGBA with a transparent border, palette with transparency, 16-bit grayscale,
-    EXIF-rotated JPEG (stored sideways, tagged "rotate 90"), very large (a JPEG 12000 px wide: 96 megapixels
-    for a 3:2 photo, above Pillow's 89-megapixel warning) and very small (4x3 pixels).
-    """
+    """Write ``photo`` as the odd but valid files users upload (grayscale, CMYK, transparent, 16-bit, EXIF-rotated,
+    96 megapixels, 4x3 px); returns ``{kind: path}``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     base = Image.open(photo).convert("RGB")
@@ -297,8 +271,6 @@ def make_odd_images(folder: Union[str, os.PathLike], photo: Union[str, os.PathLi
         "very large": (base.resize((12000, 12000 * base.height // base.width)), "very_large.jpg", {"quality": 80}),
         "very small": (base.resize((4, 3)), "very_small.png", {}),
     }
-    paths = {}
-    for kind, (image, file_name, options) in files.items():
+    for image, file_name, options in files.values():
         image.save(folder / file_name, **options)
-        paths[kind] = folder / file_name
-    return paths
+    return {kind: folder / file_name for kind, (_, file_name, _) in files.items()}

@@ -1,24 +1,9 @@
-"""ipywidgets for notebook 03: the playground (ask about a photo) and the tile explorer (why images cost).
+"""ipywidgets for notebook 03: the playground (a multi-turn chat about a photo) and the tile explorer.
 
-Playground, as it appears in the page (the browser test relies on this; keep it stable):
-
-- a ``Button`` whose description is exactly ``"Ask"``;
-- a ``Textarea`` "Question", pre-filled with ``chat.DEFAULT_QUESTION`` so that Ask works at once;
-- a ``Dropdown`` "Image" with ``(no image)`` and the photos of ``data/images`` (default ``cat``) and a
-  ``FileUpload``; an uploaded image joins the dropdown as ``upload: <file name>`` and is selected; a preview
-  shows the chosen image;
-- ``Dropdown`` "Variant" (the IR variants on disk: ``export.existing_variants``) and "Device" (what OpenVINO
-  reports, plus ``AUTO``); an ``IntSlider`` "Max new tokens";
-- an ``HTML`` widget with the CSS class ``vlm-answer``: the conversation so far, then the new answer streaming
-  in; when it is complete the same element ends with a line (class ``vlm-stats``) reading
-  ``time to first token 0.12 s · 45.6 tokens/s · ...``. Each ask puts a fresh widget there;
-- a ``Button`` "Clear chat": the playground is a multi-turn chat (earlier turns go into each new prompt through
-  the chat template; an image is sent once, with the turn where it was first picked); this starts over;
-- an ``HTML`` status line with the CSS class ``vlm-status``: what is happening, or the one-sentence message
-  for bad input (missing or broken image, empty question, absent device...).
-
-``Playground.ask()`` does what a click on Ask does and returns the :class:`helpers.chat.Answer` (or ``None``
-after bad input), so a notebook can run it without anyone clicking; ``Playground.clear()`` is the Clear button.
+tests/test_browser.py relies on these, so keep them stable: a ``Button`` "Ask", a ``Textarea`` "Question"
+(pre-filled), an ``HTML`` answer with class ``vlm-answer`` that ends with a ``vlm-stats`` line
+(``time to first token ... tokens/s ...``) when done, and an ``HTML`` status line with class ``vlm-status``.
+``Playground.ask()`` and ``Playground.clear()`` do what the Ask and Clear chat buttons do.
 """
 
 from __future__ import annotations
@@ -45,9 +30,9 @@ def _transcript_html(messages: list[dict]) -> str:
     lines = []
     for m in messages:
         text = " ".join(c["text"] for c in m["content"] if c["type"] == "text")
-        images = sum(1 for c in m["content"] if c["type"] == "image")
+        n_images = sum(1 for c in m["content"] if c["type"] == "image")
         who = "You" if m["role"] == "user" else "Model"
-        extra = f" [+{images} image{'s' if images > 1 else ''}]" if images else ""
+        extra = f" [+{n_images} image{'s' if n_images > 1 else ''}]" if n_images else ""
         lines.append(f"<div style='color:#555'><b>{who}:</b> {html.escape(text)}{extra}</div>")
     return "".join(lines)
 
@@ -62,31 +47,25 @@ def _answer_html(text: str, stats: str = "", streaming: bool = False, earlier: s
 
 
 def _jpeg_bytes(image, edge: int = 256) -> bytes:
-    thumb = image.copy()
-    thumb.thumbnail((edge, edge))
+    image.thumbnail((edge, edge))  # in place: only called with load_image's own copy
     buffer = io.BytesIO()
-    thumb.save(buffer, format="JPEG", quality=85)
+    image.save(buffer, format="JPEG", quality=85)
     return buffer.getvalue()
 
 
 class Playground:
     """Pick or upload an image, ask a question, choose variant, device and length; watch the answer stream in."""
 
-    def __init__(
-        self,
-        choice: ModelChoice,
-        *,
-        variants: dict[str, Path] | None = None,
-        device_list: list[str] | None = None,
-        photo: str = "cat",
-        question: str = chat.DEFAULT_QUESTION,
-        max_new_tokens: int = 48,
-    ) -> None:
+    def __init__(self, choice: ModelChoice, *, variants: dict[str, Path] | None = None,
+                 device_list: list[str] | None = None, photo: str = "cat", question: str = chat.DEFAULT_QUESTION,
+                 max_new_tokens: int = 48) -> None:
         self.choice = choice
         self.variants = dict(export.existing_variants(choice) if variants is None else variants)
         if not self.variants:
-            raise chat.ChatError(f"No exported model of {choice.slug} on disk: run notebook 01 (or export.export_fp32).")
-        self.sources: dict[str, images.ImageSource | None] = {NO_IMAGE: None, **{p.stem: p for p in data.list_photos()}}
+            raise chat.ChatError(f"No exported model of {choice.slug} on disk: "
+                                 "run notebook 01 (or export.export_fp32).")
+        photos = {p.stem: p for p in data.list_photos()}
+        self.sources: dict[str, images.ImageSource | None] = {NO_IMAGE: None, **photos}
         self._loaded: tuple[tuple[str, str], object, object] | None = None
         self.conversation = chat.Conversation()
         self._sent_image: str | None = None  # the image the conversation last received
@@ -107,26 +86,18 @@ class Playground:
         self.clear_button = widgets.Button(description="Clear chat", tooltip="Forget the earlier turns")
         self.status = widgets.HTML()
         self.status.add_class(STATUS_CLASS)
-        self.answer = self._fresh_answer_area("")
-        self.answer_box = widgets.VBox([self.answer])
+        self.answer_box = widgets.VBox()
+        self._new_answer()
 
         note = ("" if not choice.is_standin else
                 " (stand-in: real SmolLM2 language model, random vision encoder: it writes English but does not "
                 "see the image; timings real)" if choice.real_language_model else
                 " (stand-in model: its text is meaningless, its timings are real)")
-        controls = widgets.VBox([
-            widgets.HBox([self.image, self.upload]),
-            self.question,
-            widgets.HBox([self.variant, self.device]),
-            self.max_new_tokens,
-            widgets.HBox([self.button, self.clear_button]),
-        ])
-        self.widget = widgets.VBox([
-            widgets.HTML(f"<b>SmolVLM playground</b> · {html.escape(choice.slug)}{html.escape(note)}"),
-            widgets.HBox([controls, self.preview]),
-            self.status,
-            self.answer_box,
-        ])
+        controls = widgets.VBox([widgets.HBox([self.image, self.upload]), self.question,
+                                 widgets.HBox([self.variant, self.device]), self.max_new_tokens,
+                                 widgets.HBox([self.button, self.clear_button])])
+        title = widgets.HTML(f"<b>SmolVLM playground</b> · {html.escape(choice.slug)}{html.escape(note)}")
+        self.widget = widgets.VBox([title, widgets.HBox([controls, self.preview]), self.status, self.answer_box])
         self.button.on_click(self._on_click)
         self.clear_button.on_click(lambda _button: self.clear())
         self.image.observe(self._show_preview, names="value")
@@ -134,21 +105,19 @@ class Playground:
         self._show_preview()
         self._set_status("Ready: pick an image, type a question and press Ask.")
 
-    # --- display -------------------------------------------------------------------------------------------
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)
 
     def _set_status(self, text: str, error: bool = False) -> None:
-        color = "#b00020" if error else "#333"
-        prefix = "⚠ " if error else ""
+        color, prefix = ("#b00020", "⚠ ") if error else ("#333", "")
         self.status.value = f'<span style="color:{color}">{prefix}{html.escape(text)}</span>'
 
-    def _fresh_answer_area(self, value: str) -> widgets.HTML:
-        area = widgets.HTML(value=value, layout=widgets.Layout(width="95%"))
-        area.add_class(ANSWER_CLASS)
-        return area
+    def _new_answer(self, value: str = "") -> None:
+        """Put a fresh answer widget in the answer box (each ask gets its own)."""
+        self.answer = widgets.HTML(value=value, layout=widgets.Layout(width="95%"))
+        self.answer.add_class(ANSWER_CLASS)
+        self.answer_box.children = (self.answer,)
 
-    # --- inputs --------------------------------------------------------------------------------------------
     def _show_preview(self, _change=None) -> None:
         source = self.sources[self.image.value]
         try:
@@ -164,10 +133,7 @@ class Playground:
                 self._set_status(str(err), error=True)
 
     def add_image(self, source: images.ImageSource, name: str) -> None:
-        """Add an image (path, bytes or PIL image) to the picker as ``upload: <name>`` and select it.
-
-        Raises :class:`helpers.images.ImageError` for a file that isn't a usable image.
-        """
+        """Add an image to the picker as ``upload: <name>`` and select it; ``images.ImageError`` if unusable."""
         picture = images.load_image(source, name=name)
         label = UPLOAD_PREFIX + name
         self.sources[label] = picture
@@ -176,7 +142,6 @@ class Playground:
         changes = "; ".join(picture.info["changes"]) or "used as is"
         self._set_status(f"Added {name} ({picture.width}x{picture.height}; {changes}).")
 
-    # --- asking --------------------------------------------------------------------------------------------
     def _model(self, variant: str, device: str):
         key = (variant, device)
         if self._loaded is None or self._loaded[0] != key:
@@ -197,12 +162,10 @@ class Playground:
             self._set_status(f"Unexpected problem ({type(err).__name__}): {err}", error=True)
 
     def ask(self) -> chat.Answer | None:
-        """Answer the current question (about the chosen image, if it is new to the conversation) with the
-        chosen settings, as the next turn of the conversation (what Ask does)."""
+        """The next turn (what Ask does): the question, and the chosen image if the chat hasn't had it yet."""
         self.button.disabled = True
         earlier = _transcript_html(self.conversation.messages)
-        self.answer = self._fresh_answer_area(_answer_html("", streaming=True, earlier=earlier))
-        self.answer_box.children = (self.answer,)
+        self._new_answer(_answer_html("", streaming=True, earlier=earlier))
         variant, device, label = self.variant.value, self.device.value, self.image.value
         new_image = [self.sources[label]] if self.sources[label] is not None and label != self._sent_image else []
         try:
@@ -234,8 +197,7 @@ class Playground:
         """Forget the conversation (what Clear chat does)."""
         self.conversation.clear()
         self._sent_image = None
-        self.answer = self._fresh_answer_area("")
-        self.answer_box.children = (self.answer,)
+        self._new_answer()
         self._set_status("Cleared: the next question starts a new conversation.")
 
 
@@ -246,11 +208,7 @@ def make_playground(choice: ModelChoice, **kwargs) -> Playground:
 
 def tile_explorer(model, processor, image, *, question: str = chat.DEFAULT_QUESTION, low: int = 256,
                   high: int = 2048, step: int = 128) -> widgets.VBox:
-    """A slider for the longest edge the processor resizes ``image`` to; shows the tiles, their tokens and TTFT.
-
-    Each move cuts the image again, draws the tiles and measures the time to first token with one new token.
-    It draws once when created, so the executed notebook shows the default setting.
-    """
+    """A slider for the longest edge ``image`` is resized to; each move redraws the tiles and measures TTFT."""
     import matplotlib.pyplot as plt
 
     start_value = min(max(int(processor.image_processor.size["longest_edge"]), low), high)
