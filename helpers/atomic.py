@@ -1,18 +1,8 @@
 """Folders that appear all at once and are built by one process at a time (exports, variants, stand-ins).
 
-Two notebooks open at once, or ``make run`` while JupyterLab is open, may ask for the same model folder. So:
-
-- :func:`locked` holds a lock file next to the folder (``<name>.lock``, with the ``filelock`` package) for the
-  whole build; a second process waits, says so, and then reuses what the first one built. The operating system
-  releases the lock when its process dies, so a killed build never blocks the next one.
-- :func:`partial_folder` gives the build an empty ``<name>.partial`` folder (removed again if the build fails).
-  Only the lock holder calls it, so a ``.partial`` it finds is a leftover of a process that died, never a live
-  build. When the build is done, :func:`publish` moves the finished folder into place. An existing folder (a
-  rebuild with ``force=True``) is kept as ``<name>.old`` until the new one is in place, so a kill at any moment
-  leaves a usable copy; :func:`recover` puts it back if a process died between the two renames.
-- Errors of the disk (read-only, full, no permission) become one sentence naming the folder and the setting
-  that moves it (:class:`NotWritableError`, :class:`InsufficientDiskSpaceError`).
-
+:func:`locked` holds ``<name>.lock`` (``filelock``) for the whole build; :func:`partial_folder` builds into
+``<name>.partial`` and renames it into place, keeping an existing folder as ``<name>.old`` until then.
+Disk errors become one sentence naming the setting that moves the folder. The README explains the design.
 Written by hand for the renames: ``filelock`` gives the lock, no library we install swaps folders.
 """
 
@@ -25,10 +15,6 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-PARTIAL_SUFFIX = ".partial"
-OLD_SUFFIX = ".old"
-LOCK_SUFFIX = ".lock"
 
 _FULL = {errno.ENOSPC, errno.EDQUOT}
 _READ_ONLY = {errno.EROFS, errno.EACCES, errno.EPERM}
@@ -59,14 +45,13 @@ def _setting_for(dest: Path) -> str:
 def disk_error(dest: Path, err: BaseException) -> RuntimeError | None:
     """The one-sentence error for a disk problem ``err`` while writing ``dest``, or ``None`` for other errors."""
     code = getattr(err, "errno", None)
-    text = str(err)
     setting = _setting_for(dest)
-    if code in _FULL or "No space left on device" in text:
+    if code in _FULL or "No space left on device" in str(err):
         return InsufficientDiskSpaceError(
             f"The disk ran full while writing {dest}; nothing half-written was kept. Free some space "
             f"(e.g. `make clean-models`) or set {setting} to a folder on a larger disk, then run again."
         )
-    if code in _READ_ONLY or "Read-only file system" in text:
+    if code in _READ_ONLY or "Read-only file system" in str(err):
         reason = os.strerror(code) if code else "read-only file system"
         return NotWritableError(
             f"Cannot write to {dest} ({reason.lower()}): set {setting} to a folder you can write to, then run again."
@@ -76,12 +61,12 @@ def disk_error(dest: Path, err: BaseException) -> RuntimeError | None:
 
 @contextmanager
 def locked(dest: Path) -> Iterator[None]:
-    """Hold the build lock of folder ``dest``; if another process holds it, say so and wait for it. A folder
-    that a dead process had set aside is put back first (:func:`recover`)."""
+    """Hold the build lock of folder ``dest``, waiting (and saying so) while another process holds it; then put
+    back ``<dest>.old`` if a rebuild died between its two renames."""
     from filelock import FileLock, Timeout
 
     dest = Path(dest)
-    lock = FileLock(_sibling(dest, LOCK_SUFFIX))
+    lock = FileLock(_sibling(dest, ".lock"))
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -93,31 +78,25 @@ def locked(dest: Path) -> Iterator[None]:
     except OSError as err:
         raise (disk_error(dest, err) or err) from None
     try:
-        recover(dest)
+        old = _sibling(dest, ".old")
+        if old.exists() and dest.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        elif old.exists():
+            os.replace(old, dest)
+            print(f"Restored {dest} from {old.name}, set aside by a rebuild that did not finish.")
         yield
     finally:
         lock.release()
 
 
-def recover(dest: Path) -> None:
-    """Put back ``<dest>.old`` when a process died after moving it aside and before the new folder was in place;
-    remove it when ``dest`` is there. Call with the lock held."""
-    dest = Path(dest)
-    old = _sibling(dest, OLD_SUFFIX)
-    if not old.exists():
-        return
-    if dest.exists():
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(old, dest)
-        print(f"Restored {dest} from {old.name}, set aside by a rebuild that did not finish.")
+@contextmanager
+def partial_folder(dest: Path) -> Iterator[Path]:
+    """Yield an empty ``<dest>.partial`` to build into; on success move it to ``dest``, on failure remove it.
 
-
-def _fresh_partial(dest: Path) -> Path:
-    """An empty ``<dest>.partial`` folder to build into (a leftover of a dead process is removed, and said so).
-    Call with the lock held."""
+    Use with the lock held (:func:`locked`), so a ``.partial`` found here is a dead process's leftover.
+    """
     dest = Path(dest)
-    tmp = _sibling(dest, PARTIAL_SUFFIX)
+    tmp, old = _sibling(dest, ".partial"), _sibling(dest, ".old")
     try:
         if tmp.exists():
             print(f"Removing {tmp}, left over from an interrupted run.")
@@ -125,28 +104,6 @@ def _fresh_partial(dest: Path) -> Path:
         tmp.mkdir(parents=True)
     except OSError as err:
         raise (disk_error(dest, err) or err) from None
-    return tmp
-
-
-def publish(tmp: Path, dest: Path) -> Path:
-    """Move the finished folder ``tmp`` to ``dest``; an existing ``dest`` is replaced only once ``tmp`` is in
-    place (it waits as ``<dest>.old`` in between). Call with the lock held."""
-    tmp, dest = Path(tmp), Path(dest)
-    old = _sibling(dest, OLD_SUFFIX)
-    if dest.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(dest, old)
-    os.replace(tmp, dest)
-    shutil.rmtree(old, ignore_errors=True)
-    return dest
-
-
-@contextmanager
-def partial_folder(dest: Path) -> Iterator[Path]:
-    """Yield an empty ``<dest>.partial`` folder to build into; when the block ends without error, move it to
-    ``dest`` (:func:`publish`); when it fails, remove it (nothing half-written stays behind) and turn a disk
-    error into one sentence (:func:`disk_error`). Use with the lock held (:func:`locked`)."""
-    tmp = _fresh_partial(dest)
     try:
         yield tmp
     except BaseException as err:
@@ -155,7 +112,11 @@ def partial_folder(dest: Path) -> Iterator[Path]:
         if problem is not None:
             raise problem from None
         raise
-    publish(tmp, dest)
+    if dest.exists():  # a rebuild: the old folder waits as <dest>.old until the new one is in place
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def read_record(path: Path) -> dict | None:
@@ -167,9 +128,25 @@ def read_record(path: Path) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
+def file_sizes(folder: Path) -> dict[str, int]:
+    """``{file name: bytes}`` of the files directly in ``folder``, as completion markers record them."""
+    return {f.name: f.stat().st_size for f in sorted(Path(folder).iterdir()) if f.is_file()}
+
+
+def changed_files(folder: Path, sizes: dict[str, int]) -> list[str]:
+    """What differs between ``folder`` and the ``sizes`` recorded when it was written (empty list: nothing)."""
+    found = []
+    for name, size in sizes.items():
+        path = Path(folder) / name
+        if not path.is_file():
+            found.append(f"{name} is missing (it was {size} bytes when written)")
+        elif path.stat().st_size != size:
+            found.append(f"{name} is {path.stat().st_size} bytes but was {size} bytes when written")
+    return found
+
+
 def check_free_space(folder: Path, needed_bytes: int | None) -> None:
-    """Say how much disk a step needs and how much is free; raise :class:`InsufficientDiskSpaceError` if it
-    clearly won't fit."""
+    """Print the disk a step needs and what is free; raise :class:`InsufficientDiskSpaceError` if it won't fit."""
     if not needed_bytes:
         return
     parent = Path(folder)

@@ -1,7 +1,7 @@
-"""OpenVINO IR folders: where each variant lives, atomic writes, and what is inside an exported model.
+"""OpenVINO IR folders: where each variant lives, building them atomically, and what an export holds.
 
-An export or quantization is written to a temporary sibling folder and renamed into place only when complete
-(with a marker file), so an interrupted run never leaves a folder that later loads as a model.
+A build writes into a temporary sibling folder that is renamed into place only when complete, with a marker
+file (:mod:`helpers.atomic`), so an interrupted run never leaves a folder that later loads as a model.
 """
 
 from __future__ import annotations
@@ -24,7 +24,16 @@ SUBMODELS = {
     "text_embeddings_model": "openvino_text_embeddings_model",
     "vision_embeddings_model": "openvino_vision_embeddings_model",
 }
+# The FP32 export (notebook 01) and the recipes of notebook 02.
+VARIANTS = ("fp32", "int8", "int4", "int4-awq", "int4-ratio", "mixed", "mixed-int4")
 COMPLETE_MARKER = "export_complete.json"
+# Besides the IR: what loading the folder needs (the model config; the processor and its tokenizer).
+LOAD_FILES = ("config.json", "preprocessor_config.json", "tokenizer_config.json", "tokenizer.json")
+InsufficientDiskSpaceError = atomic.InsufficientDiskSpaceError
+
+
+class CorruptIRError(RuntimeError):
+    """An IR folder on disk is damaged; the message names the file and the fix."""
 
 
 def variant_dir(choice: ModelChoice, variant: str) -> Path:
@@ -32,21 +41,15 @@ def variant_dir(choice: ModelChoice, variant: str) -> Path:
     return models_dir() / choice.slug / variant
 
 
-class CorruptIRError(RuntimeError):
-    """An IR folder on disk is damaged; the message names the file and the fix."""
-
-
-# Besides the IR: what loading the folder needs (the model config; the processor and its tokenizer).
-LOAD_FILES = ("config.json", "preprocessor_config.json", "tokenizer_config.json", "tokenizer.json")
+def ir_files(folder: Path) -> dict[str, tuple[Path, Path]]:
+    """``{submodel: (xml, bin)}`` of an exported folder."""
+    return {name: (Path(folder) / f"{stem}.xml", Path(folder) / f"{stem}.bin") for name, stem in SUBMODELS.items()}
 
 
 def missing_files(folder: Path) -> list[str]:
     """Files an exported SmolVLM folder must have but ``folder`` lacks (empty list: complete)."""
-    folder = Path(folder)
-    needed = [*LOAD_FILES, COMPLETE_MARKER]
-    for stem in SUBMODELS.values():
-        needed += [f"{stem}.xml", f"{stem}.bin"]
-    return [name for name in needed if not (folder / name).is_file()]
+    needed = [*LOAD_FILES, COMPLETE_MARKER, *(f"{stem}.{ext}" for stem in SUBMODELS.values() for ext in ("xml", "bin"))]
+    return [name for name in needed if not (Path(folder) / name).is_file()]
 
 
 def read_marker(folder: Path) -> dict | None:
@@ -54,33 +57,27 @@ def read_marker(folder: Path) -> dict | None:
     return atomic.read_record(Path(folder) / COMPLETE_MARKER)
 
 
-def problems(folder: Path) -> list[str]:
-    """Why ``folder`` can't be used as a finished export (empty list: it can).
+def _versions() -> dict[str, str]:
+    from importlib.metadata import version
 
-    Cheap checks, run every time a notebook looks for a variant: missing files, a damaged marker, files whose
-    size changed since they were written (truncated copies, interrupted syncs), exports made by other
-    library versions, and exports of an earlier build of a stand-in.
-    """
-    folder = Path(folder)
+    return {pkg: version(pkg) for pkg in ("openvino", "optimum-intel", "transformers", "nncf")}
+
+
+def problems(folder: Path) -> list[str]:
+    """Why ``folder`` can't be used as a finished export (empty list: it can): missing files, a damaged marker,
+    files whose size changed since written, other library versions, or an earlier build of a stand-in."""
     missing = missing_files(folder)
     if missing:
         return [f"missing {name}" for name in missing]
     marker = read_marker(folder)
     if marker is None:
         return [f"{COMPLETE_MARKER} is damaged (not a JSON record of the export)"]
-    found = []
-    for name, size in marker.get("file_sizes", {}).items():
-        actual = (folder / name).stat().st_size if (folder / name).is_file() else None
-        if actual != size:
-            found.append(f"{name} is {actual} bytes but was {size} bytes when written" if actual is not None
-                         else f"{name} is missing (it was {size} bytes when written)")
+    found = atomic.changed_files(folder, marker.get("file_sizes", {}))
     for package, version in _versions().items():
         if marker.get(package) not in (None, version):
             found.append(f"made with {package} {marker[package]}, this environment has {version}")
     stale = synthetic.stale_source(folder)
-    if stale:
-        found.append(stale)
-    return found
+    return found + [stale] if stale else found
 
 
 def is_complete(folder: Path) -> bool:
@@ -89,10 +86,8 @@ def is_complete(folder: Path) -> bool:
 
 
 def check_ir(folder: Path) -> Path:
-    """Raise :class:`CorruptIRError` naming the damaged file when ``folder`` can't load; else return it.
-
-    Besides :func:`problems`, parses each graph and checks its weights file holds every constant the graph needs.
-    """
+    """Return ``folder``, or raise :class:`CorruptIRError` naming the damaged file: besides :func:`problems`,
+    parses each graph and checks its weights file holds every constant the graph needs."""
     import xml.etree.ElementTree as ET
 
     folder = Path(folder)
@@ -127,18 +122,13 @@ def estimate_export_bytes(source: str) -> int | None:
     return int(sum(f.stat().st_size for f in files) * scale * 1.1)
 
 
-InsufficientDiskSpaceError = atomic.InsufficientDiskSpaceError
-
-
 def build_atomically(
     dest: Path, build: Callable[[Path], None], *, force: bool = False, needed_bytes: int | None = None
 ) -> Path:
     """Run ``build(tmp_folder)`` and move its result to ``dest`` only when it is a complete export.
 
-    Skips the work when ``dest`` is already complete (unless ``force``). One process builds at a time: a second
-    one waits for the first and reuses its result (:mod:`helpers.atomic`). A damaged or stale ``dest`` is
-    reported and rebuilt; with ``force`` a complete one is rebuilt too, and replaced only once the new one is
-    complete. ``needed_bytes`` (an estimate) is checked against the free disk first.
+    A complete ``dest`` is reused unless ``force``; a damaged or stale one is rebuilt. One process builds at a
+    time (:mod:`helpers.atomic`); ``needed_bytes`` (an estimate) is checked against the free disk first.
     """
     dest = Path(dest)
     if is_complete(dest) and not force:
@@ -164,50 +154,33 @@ def build_atomically(
             if missing:
                 raise RuntimeError(f"the export into {tmp} did not produce {', '.join(missing)}; "
                                    "nothing was moved into place")
-            sizes = {f.name: f.stat().st_size for f in sorted(tmp.iterdir()) if f.is_file()}
-            marker = _versions() | {"build_seconds": round(seconds, 1), "file_sizes": sizes}
+            marker = _versions() | {"build_seconds": round(seconds, 1), "file_sizes": atomic.file_sizes(tmp)}
             (tmp / COMPLETE_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
     print(f"Done in {seconds:.1f} s: {dest}")
     return dest
 
 
-def _versions() -> dict[str, str]:
-    from importlib.metadata import version
-
-    return {pkg: version(pkg) for pkg in ("openvino", "optimum-intel", "transformers", "nncf")}
-
-
 def run_cli(command: list[str], dest: Path, *, force: bool = False, needed_bytes: int | None = None) -> Path:
-    """Run an ``optimum-cli export openvino ...`` command with a temporary output folder, then move it into place.
+    """Run an ``optimum-cli export openvino ...`` command into a temporary folder, then move it to ``dest``.
 
-    The command's own output streams into the notebook (PyTorch tracer warnings and the harmless messages of
-    :mod:`helpers.quiet` are left out: they are expected).
+    Its output streams into the notebook, without PyTorch tracer warnings and :mod:`helpers.quiet`'s messages.
     """
 
     def build(tmp: Path) -> None:
         cli = shutil.which("optimum-cli", path=str(Path(sys.executable).parent)) or "optimum-cli"
         full = [cli, *command[1:], str(tmp)] if command[0] == "optimum-cli" else [*command, str(tmp)]
         process = subprocess.Popen(full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-        skip_next = False
         assert process.stdout is not None
+        after_tracer_warning = False  # a TracerWarning's indented source line follows it
         for line in process.stdout:
-            if "TracerWarning" in line or "No CUDA runtime" in line or quiet.is_known_noise(line):
-                skip_next = "TracerWarning" in line
-                continue
-            if skip_next and line.startswith("  "):
-                skip_next = False
-                continue
-            skip_next = False
-            print(line, end="", flush=True)
+            noise = "TracerWarning" in line or "No CUDA runtime" in line or quiet.is_known_noise(line)
+            if not noise and not (after_tracer_warning and line.startswith("  ")):
+                print(line, end="", flush=True)
+            after_tracer_warning = "TracerWarning" in line
         if process.wait() != 0:
             raise RuntimeError(f"optimum-cli failed with exit code {process.returncode}; see its output above")
 
     return build_atomically(dest, build, force=force, needed_bytes=needed_bytes)
-
-
-def ir_files(folder: Path) -> dict[str, tuple[Path, Path]]:
-    """``{submodel: (xml, bin)}`` of an exported folder."""
-    return {name: (Path(folder) / f"{stem}.xml", Path(folder) / f"{stem}.bin") for name, stem in SUBMODELS.items()}
 
 
 def ir_size_bytes(folder: Path) -> int:
@@ -224,26 +197,18 @@ def describe_submodels(folder: Path):
     rows = []
     for name, (xml, bin_) in ir_files(folder).items():
         model = core.read_model(xml)
-        rows.append(
-            {
-                "submodel": name,
-                "inputs": ", ".join(f"{p.get_any_name()} {p.get_partial_shape()}" for p in model.inputs),
-                "outputs": ", ".join(f"{p.get_any_name()} {p.get_partial_shape()}" for p in model.outputs),
-                "operations": len(model.get_ops()),
-                "size_MB": round((xml.stat().st_size + bin_.stat().st_size) / 1e6, 2),
-            }
-        )
+        rows.append({
+            "submodel": name,
+            "inputs": ", ".join(f"{p.get_any_name()} {p.get_partial_shape()}" for p in model.inputs),
+            "outputs": ", ".join(f"{p.get_any_name()} {p.get_partial_shape()}" for p in model.outputs),
+            "operations": len(model.get_ops()),
+            "size_MB": round((xml.stat().st_size + bin_.stat().st_size) / 1e6, 2),
+        })
     return pd.DataFrame(rows).set_index("submodel")
 
 
-VARIANTS = ("fp32", "int8", "int4", "int4-awq", "int4-ratio", "mixed", "mixed-int4")  # as exported (notebook 01) and the recipes of notebook 02
-
-
 def export_fp32(choice: ModelChoice, *, force: bool = False) -> Path:
-    """The full-precision IR of ``choice`` (notebook 01's Python-API export), exported now if it is missing.
-
-    Later notebooks call this so each can run on its own; notebook 01 shows the same calls step by step.
-    """
+    """The full-precision IR of ``choice``, exported now if missing (notebook 01 shows the same calls)."""
     from optimum.intel import OVModelForVisualCausalLM
     from transformers import AutoProcessor
 

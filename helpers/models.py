@@ -1,11 +1,7 @@
 """Which model the series runs: ``VLM_MODEL`` (a Hub id, a local folder, or an offline stand-in).
 
-- unset: the real ``HuggingFaceTB/SmolVLM2-256M-Video-Instruct``; when the Hub can't be reached and the model
-  isn't cached, the series falls back to the ``smollm2-256m`` stand-in (the real SmolLM2-135M-Instruct language
-  model, a random vision encoder) and every notebook says so.
-- a Hub id or a local folder: used as given; an unreachable Hub id stops at once with one clear sentence.
-- ``smollm2-256m`` / ``synthetic-256m`` / ``synthetic-tiny``: stand-ins built locally (see ``helpers.synthetic``);
-  the two ``synthetic-*`` ones are all random.
+Unset: the real SmolVLM2-256M, or, when the Hub can't be reached and it isn't cached, the ``smollm2-256m``
+stand-in (and every notebook says so). An unreachable Hub id given explicitly stops with one clear sentence.
 """
 
 from __future__ import annotations
@@ -44,7 +40,9 @@ class ModelChoice:
         """The stand-in's own name (also for an IR or a copy of one in another folder: its marker carries it)."""
         if not self.is_standin:
             return None
-        return self.slug if self.slug in synthetic.SPECS else (synthetic.read_marker(Path(self.source)) or {}).get("name")
+        if self.slug in synthetic.SPECS:
+            return self.slug
+        return (synthetic.read_marker(Path(self.source)) or {}).get("name")
 
     @property
     def real_vision(self) -> bool:
@@ -106,10 +104,8 @@ def _in_hub_cache(repo_id: str) -> bool:
 
 
 def resolve_model(requested: str | None = None) -> ModelChoice:
-    """Turn ``requested`` (default: ``VLM_MODEL``, else the real SmolVLM2) into a :class:`ModelChoice`.
-
-    Raises :class:`ModelUnavailableError` with one clear sentence when an explicitly requested model can't be had.
-    """
+    """Turn ``requested`` (default: ``VLM_MODEL``, else the real SmolVLM2) into a :class:`ModelChoice`; raise
+    :class:`ModelUnavailableError` (one sentence) when an explicitly requested model can't be had."""
     explicit = requested if requested is not None else os.environ.get("VLM_MODEL", "").strip() or None
     name = explicit or DEFAULT_MODEL_ID
 
@@ -124,10 +120,8 @@ def resolve_model(requested: str | None = None) -> ModelChoice:
                 "point it at a folder saved with save_pretrained, a Hub id, or a stand-in "
                 "(smollm2-256m, synthetic-256m, synthetic-tiny)."
             )
-        marker = synthetic.read_marker(folder)
-        return ModelChoice(
-            requested=name, source=str(folder.resolve()), slug=folder.resolve().name, is_standin=marker is not None
-        )
+        return ModelChoice(requested=name, source=str(folder.resolve()), slug=folder.resolve().name,
+                           is_standin=synthetic.read_marker(folder) is not None)
 
     if not _HUB_ID.match(name):
         raise ModelUnavailableError(
@@ -138,36 +132,30 @@ def resolve_model(requested: str | None = None) -> ModelChoice:
     local = prefetched_path(name)
     if (local / "config.json").is_file():
         return ModelChoice(requested=name, source=str(local), slug=slug, is_standin=False)
-    if _in_hub_cache(name):
-        return ModelChoice(requested=name, source=name, slug=slug, is_standin=False)
-
-    status = hub_status(name)
+    status = "ok" if _in_hub_cache(name) else hub_status(name)
     if status == "ok":
         return ModelChoice(requested=name, source=name, slug=slug, is_standin=False)
     if explicit is None:
-        path = ensure_standin(FALLBACK_STANDIN)
-        return ModelChoice(
-            requested=name, source=str(path), slug=FALLBACK_STANDIN, is_standin=True, fell_back=True, reason=status
-        )
+        return ModelChoice(requested=name, source=str(ensure_standin(FALLBACK_STANDIN)), slug=FALLBACK_STANDIN,
+                           is_standin=True, fell_back=True, reason=status)
     raise ModelUnavailableError(
         f"Cannot load {name!r}: {status} and it is not in the local cache; connect to the internet and run "
         f"`make prefetch VLM_MODEL={name}` once, or set VLM_MODEL=smollm2-256m to use the offline stand-in."
     )
 
 
+@dataclass(frozen=True)
 class Banner:
     """What a notebook shows first: which model runs, and plainly whether it is a stand-in."""
 
-    def __init__(self, choice: ModelChoice) -> None:
-        self.choice = choice
+    choice: ModelChoice
 
     @property
     def text(self) -> str:
         c = self.choice
         if not c.is_standin:
             return f"Model: {c.requested} (real weights), loaded from {c.source}."
-        name = c.standin_name
-        spec = synthetic.SPECS.get(name)
+        spec = synthetic.SPECS.get(c.standin_name)
         lines = []
         if c.fell_back:
             lines.append(
@@ -178,9 +166,8 @@ class Banner:
         if spec is not None and spec.real_language_model:
             lines.append(f"STAND-IN MODEL IN USE: {c.slug!r} has the full SmolVLM2-256M architecture; {spec.note}.")
         else:
-            sizes = {"synthetic-tiny": "a tiny SmolVLM for tests",
-                     "synthetic-256m": "the full SmolVLM2-256M architecture"}
-            size = sizes.get(name, "a SmolVLM stand-in")
+            size = {"synthetic-tiny": "a tiny SmolVLM for tests",
+                    "synthetic-256m": "the full SmolVLM2-256M architecture"}.get(c.standin_name, "a SmolVLM stand-in")
             lines.append(
                 f"STAND-IN MODEL IN USE: {c.slug!r} is {size} with random weights and SmolLM2's real tokenizer. "
                 "Its text is meaningless; its timings are real."

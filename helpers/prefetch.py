@@ -1,7 +1,6 @@
 """``make prefetch``: download the chosen Hub model once into ``cache/hub/`` so the series runs offline afterwards.
 
-Copy the whole ``cache/`` folder to other laptops (next to the repository, or point ``VLM_CACHE`` at it) and
-run with ``HF_HUB_OFFLINE=1``: ``helpers.models.resolve_model`` finds the model there without the network.
+Copy ``cache/`` to other laptops (or point ``VLM_CACHE`` at it) and run with ``HF_HUB_OFFLINE=1``.
 """
 
 from __future__ import annotations
@@ -9,8 +8,8 @@ from __future__ import annotations
 import os
 import sys
 
-from helpers.models import DEFAULT_MODEL_ID, ModelUnavailableError, ensure_standin, hub_status, prefetched_path
 from helpers import atomic, synthetic
+from helpers.models import DEFAULT_MODEL_ID, ModelUnavailableError, ensure_standin, hub_status, prefetched_path
 
 
 def prefetch(repo_id: str) -> str:

@@ -1,9 +1,7 @@
-"""Quantized IR variants (notebook 02): build them atomically with their cost recorded, and show what they hold.
+"""Quantized IR variants (notebook 02): the recipes, atomic builds that record their cost, and what they hold.
 
-Notebook 02 shows the Optimum Intel calls of each recipe step by step; :func:`ensure_variant` runs the same
-recipes for a later notebook that runs on its own. Each build records its wall time and peak memory in
-``quantization.json`` inside the variant folder (written before the folder is moved into place), so a re-run
-that skips a complete variant still shows the figures measured when it was built.
+Notebook 02 shows each recipe's Optimum Intel calls step by step; :func:`ensure_variant` runs the same recipes
+for later notebooks. Each build's wall time and peak memory go to ``quantization.json`` in its folder.
 """
 
 from __future__ import annotations
@@ -18,18 +16,14 @@ from helpers.models import ModelChoice
 
 RECIPE_FILE = "quantization.json"
 DEFAULT_NUM_SAMPLES = 50  # the source blog's calibration size; data/ ships fewer, and then all of them are used
-# The mixed recipe calibrates the vision encoder on each photo as one 512x512 image (the processor's
-# longest_edge): with SmolVLM's default (2048) every photo becomes up to 17 tiles, which made calibration take
-# most of notebook 02's time; the README compares the activation ranges of both calibrations.
+# The mixed recipe calibrates on each photo as one 512x512 image: SmolVLM's default tiling (up to 17 tiles per
+# photo) made calibration most of notebook 02's time; the README compares the two calibrations.
 CALIBRATION_LONGEST_EDGE = images.TILE_SIZE
-# Variants put together from the submodels of others, no quantizer run: for each submodel (as
-# helpers.export.SUBMODELS names them), the variant it comes from. An IR variant is three separate IR files, and
-# each recipe quantizes each submodel on its own (the static vision encoder is calibrated on vision activations
-# only), so this is what one recipe with both settings would produce, without calibrating a second time.
+# Variants put together from other variants' submodels, no quantizer run: {submodel: the variant it comes from}.
+# Each recipe quantizes each submodel on its own, so this is what one recipe with both settings would produce.
 COMBINED = {"mixed-int4": {"vision_embeddings_model": "mixed", "text_embeddings_model": "int4",
                            "language_model": "int4"}}
-# The data-aware 4-bit recipes measure the language model's activations on text-only prompts
-# (data/calibration_text.jsonl, see :func:`text_calibration`).
+# The data-aware 4-bit recipes calibrate the language model on text-only prompts (data/calibration_text.jsonl).
 TEXT_CALIBRATED = ("int4-awq", "int4-ratio")
 INT4_RATIO = 0.8  # int4-ratio: the share of the language model's layers in 4 bits; NNCF's sensitivity picks which
 QUANTIZED_VARIANTS = ("int8", "int4", *TEXT_CALIBRATED, "mixed", *COMBINED)
@@ -40,14 +34,10 @@ _INT8_TYPES = {"i8", "u8"}
 _INT4_TYPES = {"i4", "u4"}
 _FAKE_OPS = {"FakeQuantize", "FakeConvert"}
 
-
-# --- the recipes (notebook 02 builds each of them with these arguments, step by step) ----------------------
-
 # optimum-intel's own default 4-bit config for SmolVLM2-256M; "adjust" shrinks the group for rows whose width is
 # not a multiple of 128 (the real model's hidden size 576; the tiny stand-in's 64).
 _INT4 = {"bits": 4, "sym": False, "group_size": 128, "ratio": 1.0, "group_size_fallback": "adjust"}
-# The weight-only recipes: the arguments of OVWeightQuantizationConfig. The data-aware ones also get
-# num_samples, the number of calibration prompts.
+# The weight-only recipes: arguments of OVWeightQuantizationConfig (the data-aware ones also get num_samples).
 RECIPES = {
     "int8": {"bits": 8},
     "int4": _INT4,
@@ -57,13 +47,8 @@ RECIPES = {
 
 
 def default_config(variant: str, processor_dir: Path | None = None, num_samples: int = DEFAULT_NUM_SAMPLES):
-    """The quantization config of recipe ``variant`` (one of :data:`QUANTIZED_VARIANTS` but the combined ones):
-    :data:`RECIPES`, or for ``mixed`` the pipeline config notebook 02 shows.
-
-    ``mixed`` needs ``processor_dir`` (the processor that turns calibration photos into model inputs:
-    :func:`calibration_processor` bounds their tiles); ``num_samples`` is how many calibration rows the mixed
-    and data-aware recipes use.
-    """
+    """The quantization config of recipe ``variant``: :data:`RECIPES`, or for ``mixed`` the pipeline config of
+    notebook 02, which needs ``processor_dir`` (see :func:`calibration_processor`)."""
     from optimum.intel import OVPipelineQuantizationConfig, OVQuantizationConfig, OVWeightQuantizationConfig
 
     if variant in RECIPES:
@@ -87,8 +72,7 @@ def default_config(variant: str, processor_dir: Path | None = None, num_samples:
 
 
 def cli_command(source: str, variant: str) -> list[str]:
-    """The ``optimum-cli export openvino`` command that exports ``source`` and compresses it like the weight-only
-    recipe ``variant`` (``int8`` or ``int4``, from :data:`RECIPES`); the output folder goes last."""
+    """The ``optimum-cli export openvino`` command for weight-only recipe ``variant`` (output folder goes last)."""
     recipe = RECIPES.get(variant)
     if recipe is None or set(recipe) - {"bits", "sym", "group_size", "ratio", "group_size_fallback"}:
         raise ValueError(f"recipe {variant!r} has no optimum-cli equivalent (it needs calibration data)")
@@ -101,8 +85,8 @@ def cli_command(source: str, variant: str) -> list[str]:
 
 
 def calibration_processor(fp_dir: Path, longest_edge: int = CALIBRATION_LONGEST_EDGE) -> Path:
-    """A copy of the processor of ``fp_dir`` that resizes every image to ``longest_edge`` pixels before cutting
-    tiles (512: one tile per photo), saved once next to the variants; pass it as the mixed recipe's processor."""
+    """A copy of ``fp_dir``'s processor that resizes images to ``longest_edge`` before tiling (512: one tile),
+    saved once next to the variants, for the mixed recipe."""
     from transformers import AutoProcessor
 
     dest = Path(fp_dir).parent / f"calibration-processor-{longest_edge}"
@@ -116,90 +100,66 @@ def calibration_processor(fp_dir: Path, longest_edge: int = CALIBRATION_LONGEST_
 
 
 def text_calibration(model, processor, prompts: Sequence[str]):
-    """Calibration data for the language model of ``model`` (an ``OVModelForVisualCausalLM``): what it receives
-    when asked each of ``prompts`` without an image, as an ``OVCalibrationDataset`` for ``OVQuantizer.quantize``.
+    """An ``OVCalibrationDataset`` of what the language model of ``model`` receives for each text-only prompt.
 
-    Written here because Optimum Intel's own builder for vision-language models
-    (``OVCalibrationDatasetBuilder._prepare_visual_causal_lm_calibration_data``) needs a photo in every row; these
-    are its steps without one. Text only, because a stand-in's vision encoder is random: image tokens would show
-    the real language model activations it never meets in the text it is scored on.
+    Written by hand: Optimum Intel's own builder (``OVCalibrationDatasetBuilder.
+    _prepare_visual_causal_lm_calibration_data``) needs a photo in every row; these are its steps without one
+    (text only, as a stand-in's vision encoder is random).
     """
     import nncf
     from optimum.intel import OVCalibrationDataset
 
     rows = []
     for prompt in prompts:
-        inputs = chat.question_inputs(processor, prompt)
-        embeds, mask, positions, *_ = model.get_multimodal_embeddings(**inputs)
+        embeds, mask, positions, *_ = model.get_multimodal_embeddings(**chat.question_inputs(processor, prompt))
         rows.append(model.language_model.prepare_inputs(input_ids=None, attention_mask=mask,
                                                         position_ids=positions, inputs_embeds=embeds))
     return OVCalibrationDataset({"lm_model": nncf.Dataset(rows)})
 
 
 def ensure_variant(choice: ModelChoice, variant: str, *, force: bool = False) -> Path:
-    """The complete IR folder of ``variant`` (``fp32`` or one of :data:`QUANTIZED_VARIANTS`), built now if
-    missing.
-
-    Uses the recipes of notebook 02 (:data:`RECIPES`, :func:`default_config`) on the FP32 IR, which is exported
-    first if needed.
-    A complete folder is reused as it is; builds are atomic (:func:`helpers.export.build_atomically`).
-    """
+    """The complete IR folder of ``variant`` (``fp32`` or one of :data:`QUANTIZED_VARIANTS`), built now with
+    notebook 02's recipes if missing."""
     if variant == "fp32":
         return export.export_fp32(choice, force=force)
     if variant not in QUANTIZED_VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose one of {export.VARIANTS}")
-    target = export.variant_dir(choice, variant)
     if variant in COMBINED:
         return combine_submodels(choice, variant, force=force)
-    if export.is_complete(target) and not force:
-        return target
+    if export.is_complete(export.variant_dir(choice, variant)) and not force:
+        return export.variant_dir(choice, variant)
     fp_dir = export.export_fp32(choice)
-
     if variant == "mixed":
         calibration_set = data.load_calibration_dataset(DEFAULT_NUM_SAMPLES)
         config = default_config("mixed", calibration_processor(fp_dir), num_samples=len(calibration_set))
-
-        def build(folder: Path) -> None:
-            from optimum.intel import OVConfig, OVModelForVisualCausalLM, OVQuantizer
-
-            model = OVModelForVisualCausalLM.from_pretrained(str(fp_dir), compile=False)
-            OVQuantizer(model).quantize(
-                calibration_dataset=calibration_set,
-                ov_config=OVConfig(quantization_config=config),
-                save_directory=folder,
-            )
-
     elif variant in TEXT_CALIBRATED:
         prompts = data.load_text_calibration(DEFAULT_NUM_SAMPLES)
         config = default_config(variant, num_samples=len(prompts))
-
-        def build(folder: Path) -> None:
-            from optimum.intel import OVConfig, OVModelForVisualCausalLM, OVQuantizer
-            from transformers import AutoProcessor
-
-            model = OVModelForVisualCausalLM.from_pretrained(str(fp_dir), compile=False)
-            OVQuantizer(model).quantize(
-                calibration_dataset=text_calibration(model, AutoProcessor.from_pretrained(fp_dir), prompts),
-                ov_config=OVConfig(quantization_config=config),
-                save_directory=folder,
-            )
-
     else:
         config = default_config(variant)
 
-        def build(folder: Path) -> None:
-            from optimum.intel import OVModelForVisualCausalLM
+    def build(folder: Path) -> None:
+        from optimum.intel import OVConfig, OVModelForVisualCausalLM, OVQuantizer
+        from transformers import AutoProcessor
 
+        if variant not in TEXT_CALIBRATED and variant != "mixed":  # data-free: compressed while loading
             model = OVModelForVisualCausalLM.from_pretrained(str(fp_dir), quantization_config=config, compile=False)
             model.save_pretrained(folder)
+            return
+        model = OVModelForVisualCausalLM.from_pretrained(str(fp_dir), compile=False)
+        OVQuantizer(model).quantize(
+            calibration_dataset=calibration_set if variant == "mixed"
+            else text_calibration(model, AutoProcessor.from_pretrained(fp_dir), prompts),
+            ov_config=OVConfig(quantization_config=config),
+            save_directory=folder,
+        )
 
     return build_variant(choice, variant, build, force=force)
 
 
 def combine_submodels(choice: ModelChoice, variant: str, *, force: bool = False) -> Path:
-    """Build the :data:`COMBINED` variant ``variant``: each submodel's IR files copied from the variant it comes
-    from (built first if missing); config, processor and tokenizer files from the language model's variant; an
-    ``openvino_config.json`` that records each submodel's recipe."""
+    """Build :data:`COMBINED` variant ``variant`` from the IR files of its source variants (built first if
+    missing), the rest of the language model's variant, and an ``openvino_config.json`` with each recipe."""
     import shutil
 
     parts = COMBINED[variant]
@@ -211,8 +171,7 @@ def combine_submodels(choice: ModelChoice, variant: str, *, force: bool = False)
                for name, source in sources.items() for path in export.ir_files(source)[name]}
     target = export.variant_dir(choice, variant)
     if export.is_complete(target) and not force:
-        config = atomic.read_record(target / "openvino_config.json") or {}
-        if config.get("combined_files") == made_of:
+        if (atomic.read_record(target / "openvino_config.json") or {}).get("combined_files") == made_of:
             return target
         print(f"{variant} was put together from earlier builds of {', '.join(sorted(set(parts.values())))}; "
               "rebuilding it.")
@@ -239,15 +198,9 @@ def combine_submodels(choice: ModelChoice, variant: str, *, force: bool = False)
     return build_variant(choice, variant, build, force=force)
 
 
-# --- building a variant and recording what it cost --------------------------------------------------------
-
-
 def build_variant(choice: ModelChoice, variant: str, build: Callable[[Path], None], *, force: bool = False) -> Path:
-    """Run ``build(folder)`` for ``variant`` atomically, timing it and sampling its peak memory.
-
-    The figures go to ``quantization.json`` in the folder; the processor is saved next to the model when the
-    build did not save it, so the folder is self-contained. A complete variant is skipped (its figures stay).
-    """
+    """Run ``build(folder)`` for ``variant`` atomically, recording its time and peak memory in
+    ``quantization.json``; the processor is saved too if the build did not. A complete variant is skipped."""
     from transformers import AutoProcessor
 
     def build_and_record(folder: Path) -> None:
@@ -269,9 +222,8 @@ def build_variant(choice: ModelChoice, variant: str, build: Callable[[Path], Non
 
 
 def read_record(folder: Path) -> dict | None:
-    """The cost record a build wrote into ``folder`` (``None`` for folders not built by :func:`build_variant`)."""
-    path = Path(folder) / RECIPE_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    """The cost record :func:`build_variant` wrote into ``folder``, or ``None`` (none, or damaged)."""
+    return atomic.read_record(Path(folder) / RECIPE_FILE)
 
 
 def cost_table(choice: ModelChoice, variants: Sequence[str] = QUANTIZED_VARIANTS):
@@ -291,17 +243,9 @@ def cost_table(choice: ModelChoice, variants: Sequence[str] = QUANTIZED_VARIANTS
     return pd.DataFrame(rows).set_index("variant")
 
 
-# --- what a variant holds ---------------------------------------------------------------------------------
-
-
 def count_quantized(folder: Path):
-    """Per submodel: int8 and int4 constants and FakeQuantize nodes, counted as optimum-intel's tests count them.
-
-    Follows ``get_num_quantized_nodes`` in optimum-intel's ``tests/openvino/utils_tests.py``: every op output of
-    element type i8/u8 (``int8``) or i4/u4 (``int4``) is counted, i.e. each compressed weight and, for
-    asymmetric modes, its zero point; ``fake_quantize`` counts FakeQuantize and FakeConvert ops (activation
-    quantizers left by static quantization; NNCF 3.4 stores the weights of quantized layers as int8 constants).
-    """
+    """Per submodel: ``int8`` and ``int4`` outputs (compressed weights and zero points) and ``fake_quantize``
+    ops (FakeQuantize/FakeConvert: activation quantizers of static quantization), as optimum-intel's tests count."""
     import openvino as ov
     import pandas as pd
 
@@ -323,50 +267,19 @@ def count_quantized(folder: Path):
 
 
 def changed_weights(a: Path, b: Path, submodel: str = "language_model") -> int:
-    """How many compressed (int8 or int4) weight constants of ``submodel`` hold different values in the IRs of
-    folders ``a`` and ``b`` (matched by name): a data-aware recipe that silently did nothing changes none of
-    the data-free recipe's."""
+    """How many compressed (int8/int4) weight constants of ``submodel``, matched by name, differ between the
+    IRs in folders ``a`` and ``b`` (0: a data-aware recipe changed nothing)."""
     import numpy as np
     import openvino as ov
 
     def compressed(folder: Path) -> dict:
-        return {op.get_friendly_name(): op for op in ov.Core().read_model(export.ir_files(folder)[submodel][0]).get_ops()
-                if op.get_type_name() == "Constant"
+        ops = ov.Core().read_model(export.ir_files(folder)[submodel][0]).get_ops()
+        return {op.get_friendly_name(): op for op in ops if op.get_type_name() == "Constant"
                 and op.get_output_element_type(0).get_type_name() in _INT8_TYPES | _INT4_TYPES}
 
     first, second = compressed(a), compressed(b)
     return sum(not np.array_equal(first[name].get_data(), second[name].get_data())
                for name in first.keys() & second.keys())
-
-
-def activation_ranges(folder: Path, submodel: str = "vision_embeddings_model") -> dict[str, tuple[float, float]]:
-    """``{FakeQuantize node: (lowest, highest)}`` input range that static quantization measured for ``submodel``."""
-    import openvino as ov
-
-    ranges = {}
-    for op in ov.Core().read_model(export.ir_files(folder)[submodel][0]).get_ops():
-        if op.get_type_name() != "FakeQuantize":
-            continue
-        low, high = (op.input_value(i).get_node().get_data() for i in (1, 2))
-        ranges[op.get_friendly_name()] = (float(low.min()), float(high.max()))
-    return ranges
-
-
-def compare_ranges(a: Path, b: Path, submodel: str = "vision_embeddings_model") -> dict:
-    """How far the activation ranges of two static quantizations of the same model differ: per FakeQuantize
-    node present in both, ``|width_a - width_b| / width_a``; its median and largest, and how many nodes."""
-    import statistics
-
-    first, second = activation_ranges(a, submodel), activation_ranges(b, submodel)
-    common = sorted(set(first) & set(second))
-    if not common:
-        raise ValueError(f"{a} and {b} have no FakeQuantize node in common in {submodel}")
-    gaps = []
-    for name in common:
-        width_a, width_b = first[name][1] - first[name][0], second[name][1] - second[name][0]
-        gaps.append(abs(width_a - width_b) / width_a if width_a else float(width_b != 0))
-    return {"nodes": len(common), "median_relative_difference": statistics.median(gaps),
-            "largest_relative_difference": max(gaps)}
 
 
 def count_table(folders: dict[str, Path]):
@@ -377,14 +290,13 @@ def count_table(folders: dict[str, Path]):
 
 
 def size_table(folders: dict[str, Path], reference: str = "fp32"):
-    """Size on disk (MB, .xml + .bin) per variant and submodel, the total, and how many times smaller than
-    ``reference`` each variant's total is."""
+    """MB on disk (.xml + .bin) per variant and submodel, the total, and how many times smaller than
+    ``reference`` each total is."""
     import pandas as pd
 
-    rows = {}
-    for variant, folder in folders.items():
-        rows[variant] = {name: (x.stat().st_size + b.stat().st_size) / 1e6 for name, (x, b) in export.ir_files(folder).items()}
-    table = pd.DataFrame(rows).T
+    table = pd.DataFrame({variant: {name: (x.stat().st_size + b.stat().st_size) / 1e6
+                                    for name, (x, b) in export.ir_files(folder).items()}
+                          for variant, folder in folders.items()}).T
     table["total"] = table.sum(axis=1)
     if reference in table.index:
         table["x smaller than " + reference] = table.loc[reference, "total"] / table["total"]
@@ -396,25 +308,18 @@ def plot_sizes(table, title: str = "IR size on disk per variant"):
     """Stacked bar chart of :func:`size_table`: one bar per variant, one colour per submodel, total on top."""
     import matplotlib.pyplot as plt
 
-    parts = table[list(export.SUBMODELS)]
     fig, ax = plt.subplots(figsize=(8, 4))
-    parts.plot.bar(stacked=True, ax=ax, rot=0, color=["#4c72b0", "#dd8452", "#55a868"])
+    table[list(export.SUBMODELS)].plot.bar(stacked=True, ax=ax, rot=0, color=["#4c72b0", "#dd8452", "#55a868"])
     ratio = next((c for c in table.columns if c.startswith("x smaller")), None)
     for i, (variant, total) in enumerate(table["total"].items()):
         smaller = table.loc[variant, ratio] if ratio else 1.0
         size = f"{total:,.0f} MB" if total >= 10 else f"{total:.2f} MB"
         label = size + (f"\n{smaller:.1f}x smaller" if smaller != 1.0 else "")
         ax.text(i, total, label, ha="center", va="bottom", fontsize="small")
-    ax.set_ylabel("MB on disk (.xml + .bin)")
-    ax.set_xlabel("")
-    ax.set_title(title)
-    ax.set_ylim(0, table["total"].max() * 1.25)
+    ax.set(ylabel="MB on disk (.xml + .bin)", xlabel="", title=title, ylim=(0, table["total"].max() * 1.25))
     ax.legend(title="submodel", fontsize="small")
     fig.tight_layout()
     return fig
-
-
-# --- what a variant answers -------------------------------------------------------------------------------
 
 
 def answers_side_by_side(
@@ -423,12 +328,8 @@ def answers_side_by_side(
     max_new_tokens: int = 20,
     longest_edge: int | None = images.TILE_SIZE,
 ):
-    """Ask every variant the same questions (``(photo, question)`` pairs; photo ``None``: text only), greedy, at
-    most ``max_new_tokens``, photos at ``longest_edge`` (512: one tile, quick). Each variant is loaded once.
-
-    Returns one row per question and variant: the answer and how many of its first tokens match the first
-    variant's.
-    """
+    """Each variant's greedy answer to the same ``(photo or None, question)`` pairs (photos at ``longest_edge``),
+    and how many of its first tokens match the first variant's; one row per question and variant."""
     import pandas as pd
 
     first = next(iter(folders))

@@ -1,17 +1,7 @@
 """Silence library messages that look like failures but are harmless, at the logger that emits them.
 
-Only exact, known messages are dropped; everything else a library logs still shows. Installed when ``helpers``
-is imported, so the notebooks' own library calls are covered too; :func:`is_known_noise` lets
-:func:`helpers.export.run_cli` drop the same lines from a command's output.
-
-- optimum-intel 2.2.0, ``OVBaseModel.from_pretrained`` under ``HF_HUB_OFFLINE=1`` (or with
-  ``local_files_only``): it looks for the model in the Hub cache even when it is given a local folder, fails
-  (``[Errno 2] No such file or directory: '.../refs/main'``, or ``Path.replace() takes 2 positional
-  arguments`` for a ``pathlib.Path``) and logs "Could not infer whether the model was already converted or not
-  to the OpenVINO IR, keeping `export=...`". It then loads the folder exactly as asked.
-- OpenVINO's PyTorch frontend, while exporting: "Failed to build model wrapper." (logged as an error by
-  ``openvino.frontend.pytorch.utils.build_wrapper``, which then traces the original module, as its own comment
-  says, "to avoid user confusion").
+Only exact, known messages are dropped (the README explains each). Installed when ``helpers`` is imported;
+:func:`is_known_noise` lets :func:`helpers.export.run_cli` drop them from a command's output.
 """
 
 from __future__ import annotations
@@ -20,7 +10,9 @@ import logging
 
 # (logger name, start of the harmless message)
 KNOWN_NOISE = (
+    # optimum-intel 2.2.0 offline: it looks a local folder up in the Hub cache, fails, then loads the folder as asked.
     ("optimum.intel.openvino.modeling_base", "Could not infer whether the model was already converted"),
+    # OpenVINO's PyTorch frontend (build_wrapper) then traces the original module, "to avoid user confusion".
     ("openvino.frontend.pytorch.utils", "Failed to build model wrapper"),
 )
 

