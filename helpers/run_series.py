@@ -1,9 +1,6 @@
-"""``make run``: execute every notebook under ``notebooks/`` in order into ``runs/latest/`` (.ipynb and .html).
-
-Shows a progress bar per notebook, records each notebook's wall time, peak memory (RSS of the kernel and its
-child processes, sampled by :class:`helpers.memory.PeakMemory`, with the CPU time the sampling cost) and the model
-folders it built in ``runs/latest/run_summary.json`` (``cold_start``: the ``make run`` that ran it began with no
-model folders, so its time is a cold time), and stops at the first failing notebook, keeping its partial output.
+"""``make run``: execute every notebook under ``notebooks/`` in order into ``runs/latest/`` (.ipynb and .html),
+recording each one's wall time, peak memory (kernel and children, :class:`helpers.memory.PeakMemory`) and the model
+folders it built in ``run_summary.json``; stops at the first failing notebook, keeping its partial output.
 """
 
 from __future__ import annotations
@@ -53,7 +50,7 @@ def execute_notebook(path: Path, out_dir: Path) -> dict:
         html, _ = HTMLExporter().from_notebook_node(nb)
         (out_dir / f"{path.stem}.html").write_text(html)
     record["peak_memory_MB"] = round(sampler.peak_bytes / 1e6, 1) if sampler else None
-    record["memory_sampler_cpu_s"] = round(sampler.sampler_cpu_s, 3) if sampler else None
+    record["memory_sampler_cpu_s"] = round(sampler.sampler_cpu_s, 3) if sampler else None  # what sampling cost
     return record
 
 
@@ -81,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     # `make run NOTEBOOKS=04` after a full run keeps the other notebooks' records of the same model
     earlier = atomic.read_record(out_dir / "run_summary.json") or {}
     kept = earlier.get("notebooks", []) if earlier.get("resolved") == choice.slug else []
-    status, done = 0, []
+    done = []
     for nb in notebooks:
         before = _folders(model_folders)
         record = execute_notebook(nb, out_dir)
@@ -90,15 +87,15 @@ def main(argv: list[str] | None = None) -> int:
         ran = {r["notebook"] for r in done}
         summary["notebooks"] = sorted([r for r in kept if r.get("notebook") not in ran] + done,
                                       key=lambda r: r["notebook"])
-        print(f"  {nb.name}: {record['status']} in {record['seconds']} s, peak memory {record['peak_memory_MB']} MB (RSS)")
+        print(f"  {nb.name}: {record['status']} in {record['seconds']} s, "
+              f"peak memory {record['peak_memory_MB']} MB (RSS)")
         (out_dir / "run_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if record["status"] != "ok":
-            print(f"\n{nb.name} failed: {record.get('error', '')}\nSee {out_dir / (nb.stem + '.html')}", file=sys.stderr)
-            status = 1
-            break
-    else:
-        print(f"All notebooks ran. Open {out_dir} for the executed notebooks and HTML.")
-    return status
+            print(f"\n{nb.name} failed: {record.get('error', '')}\nSee {out_dir / (nb.stem + '.html')}",
+                  file=sys.stderr)
+            return 1
+    print(f"All notebooks ran. Open {out_dir} for the executed notebooks and HTML.")
+    return 0
 
 
 if __name__ == "__main__":
