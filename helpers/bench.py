@@ -45,7 +45,7 @@ class Plan:
     contenders: tuple[str, ...] | None  # keys of the contenders measured (None: every one)
     llamacpp_types: tuple[str, ...]  # GGUF types of the language model measured in llama.cpp
     side_contenders: tuple[str, ...] | None  # contenders of the side studies (loop, compile cache, sweeps); None: all
-    warmup: int  # untimed generate calls per workload, before the timed ones
+    warmup: dict[str, int]  # untimed generate calls per workload, before the timed ones
     iterations: dict[str, int]  # timed generate calls per workload
     tile_edges: tuple[int, ...]  # processor longest_edge values for the TTFT-vs-tiles sweep
     context_lengths: tuple[int, ...]  # prompt lengths (tokens) for the TPOT-vs-context sweep
@@ -75,7 +75,10 @@ def thread_counts(max_threads: int | None = None) -> tuple[int, ...]:
     return tuple(sorted({top} | {2**i for i in range(top.bit_length()) if 2**i < top}))
 
 
-# The default plan: what a class compares, side studies on two (under 10 minutes, 256M model, 2 cores).
+# The default plan: what a class compares, side studies on two (under 10 minutes, 256M model, 2 cores). The photo
+# gets no warm-up call of its own there: after the blog's warm-up, a first photo call took within a few percent of
+# the next two (TTFT OpenVINO INT4 7.97 s vs 8.46/8.59, PyTorch FP32 24.2 vs 27.0/22.8, llama.cpp Q4_0 22.2 vs
+# 21.7/21.2), and skipping it saves a minute and a half on 2 cores.
 DEFAULT_CONTENDERS = ("pytorch-fp32", "openvino-fp32", "openvino-int8", "openvino-int4", "openvino-mixed")
 DEFAULT_SIDE_CONTENDERS = ("openvino-fp32", "openvino-int4")
 
@@ -84,13 +87,15 @@ def plan(mode: str | None = None) -> Plan:
     """The plan for ``mode`` (default: :func:`plan_mode`): quick (tests, every contender a couple of times),
     default (five contenders and llama.cpp Q4_0) or full (everything, about an hour)."""
     mode = mode or plan_mode()
-    every = dict(contenders=None, llamacpp_types=("f16", "q8_0", "q4_0"), side_contenders=None)
+    every = dict(contenders=None, llamacpp_types=("f16", "q8_0", "q4_0"), side_contenders=None,
+                 warmup={"blog": 1, "photo": 1, "text": 1})
     settings = {
         "quick": dict(every, iterations={"blog": 2, "photo": 2, "text": 2}, tile_edges=(512, 1024),
                       context_lengths=(64, 256), sweep_iterations=1, eval_samples=3, text_samples=3,
                       eval_new_tokens=8, stage_iterations=1, busy_seconds=1.0),
         "default": dict(contenders=DEFAULT_CONTENDERS, llamacpp_types=("q4_0",),
-                        side_contenders=DEFAULT_SIDE_CONTENDERS, iterations={"blog": 3, "photo": 1, "text": 2},
+                        side_contenders=DEFAULT_SIDE_CONTENDERS, warmup={"blog": 1, "photo": 0, "text": 1},
+                        iterations={"blog": 3, "photo": 1, "text": 2},
                         tile_edges=(512, 1024), context_lengths=(128, 1024), sweep_iterations=1, eval_samples=2,
                         text_samples=16, eval_new_tokens=24, stage_iterations=1, busy_seconds=2.0),
         "full": dict(every, iterations={"blog": 10, "photo": 3, "text": 5}, tile_edges=(512, 1024, 1536, 2048),
@@ -99,7 +104,7 @@ def plan(mode: str | None = None) -> Plan:
     }
     if mode not in settings:
         raise ValueError(f"plan mode {mode!r} is not one of 'quick', 'default', 'full'")
-    return Plan(mode, warmup=1, thread_counts=thread_counts(), **settings[mode])
+    return Plan(mode, thread_counts=thread_counts(), **settings[mode])
 
 
 # --- workloads --------------------------------------------------------------------------------------------
@@ -331,7 +336,12 @@ def new_record(contender: Contender, threads: int) -> dict:
     return record
 
 
-def measure_workloads(model, record: dict, prepared: dict[str, PreparedWorkload], warmup: int,
+def calls_for(calls: int | dict[str, int], workload: str) -> int:
+    """Calls for ``workload``: ``calls`` itself, or its entry per workload (a plan's ``warmup``, ``iterations``)."""
+    return calls if isinstance(calls, int) else calls[workload]
+
+
+def measure_workloads(model, record: dict, prepared: dict[str, PreparedWorkload], warmup: int | dict[str, int],
                       iterations: dict[str, int], stage_iterations: int = 1) -> None:
     """Into ``record``: the model's precision, bytes per token, each workload's timings (:func:`run_workload`)
     and then, in separate runs so the stage clock stays out of the timings, its stage split (helpers.stages)."""
@@ -339,7 +349,8 @@ def measure_workloads(model, record: dict, prepared: dict[str, PreparedWorkload]
 
     record["precision"] = runtime_precision(model)
     record["lm_bytes_per_token_MB"] = significant(lm_bytes_per_token(model) / 1e6)
-    record["workloads"] = {name: run_workload(model, p, warmup, iterations[name]) for name, p in prepared.items()}
+    record["workloads"] = {name: run_workload(model, p, calls_for(warmup, name), iterations[name])
+                           for name, p in prepared.items()}
     if stage_iterations:
         record["stages"] = {name: stages.measure(model, p.inputs, p.workload.new_tokens, p.facts["image_tiles"],
                                                  stage_iterations)
@@ -394,7 +405,7 @@ def loaded(record: dict, load: Callable[[], Any], close: Callable[[Any], None] |
 
 
 def measure_contender(contender: Contender, prepared: dict[str, PreparedWorkload], threads: int, *,
-                      warmup: int, iterations: dict[str, int], stage_iterations: int = 1) -> dict:
+                      warmup: int | dict[str, int], iterations: dict[str, int], stage_iterations: int = 1) -> dict:
     """The whole measurement of one contender with ``threads`` threads: :func:`new_record`, then
     :func:`measure_workloads` inside :func:`loaded` (notebook 04 writes these steps out)."""
     record = new_record(contender, threads)

@@ -425,7 +425,7 @@ def lm_bytes_per_token(path: Path) -> int:
 
 
 def measure_contender(folder: Path, lm_type: str, threads: int, workloads: dict[str, bench.Workload] = bench.WORKLOADS,
-                    *, warmup: int = 1, iterations: dict[str, int] | None = None,
+                    *, warmup: int | dict[str, int] = 1, iterations: dict[str, int] | None = None,
                     then: Callable[[LlamaCppVLM], Any] | None = None) -> tuple[dict, Any]:
     """Load ``lm_type`` with ``threads`` threads, time every workload, then call ``then(model)`` while it is loaded.
 
@@ -447,7 +447,8 @@ def measure_contender(folder: Path, lm_type: str, threads: int, workloads: dict[
     result = None
     with bench.loaded(record, load_and_describe, close=lambda model: model.close()) as session:
         if session.model is not None:
-            record["workloads"] = {name: run_workload(session.model, w, warmup, iterations.get(name, 3))
+            record["workloads"] = {name: run_workload(session.model, w, bench.calls_for(warmup, name),
+                                                      iterations.get(name, 3))
                                    for name, w in workloads.items()}
             if then is not None:
                 result = then(session.model)

@@ -75,6 +75,9 @@ def test_the_default_plan_measures_less_than_the_full_one():
     # the side studies (loop, compile cache, sweeps): two of the five by default, all in the full plan
     assert default.side_study("openvino-int4") and not default.side_study("openvino-int8")
     assert not default.side_study("openvino-int4-awq") and full.side_study("openvino-int8")
+    # every workload is warmed up, except the photo in the default plan (the blog's warm-up comes first)
+    assert full.warmup == quick.warmup == dict.fromkeys(bench.WORKLOADS, 1)
+    assert default.warmup == {"blog": 1, "photo": 0, "text": 1} and list(bench.WORKLOADS)[0] == "blog"
     with pytest.raises(ValueError, match="not one of"):
         bench.plan("fast")
 
@@ -202,6 +205,22 @@ def test_measure_contender_records_everything(tiny, prepared):
     assert record["workloads"]["blog"]["e2e_s"]["n"] == 2 and record["workloads"]["photo"]["e2e_s"]["n"] == 1
     assert prepared["text"].facts["image_tiles"] == 0 and prepared["text"].facts["photo"] is None
     assert "pixel_values" not in prepared["text"].inputs and record["workloads"]["text"]["e2e_s"]["n"] == 1
+
+
+def test_warm_up_calls_can_differ_per_workload(pytorch_model, prepared, monkeypatch):
+    calls = {name: 0 for name in prepared}
+    timed = bench.time_generation
+
+    def counting(model, inputs, new_tokens):
+        calls[next(name for name, p in prepared.items() if p.inputs is inputs)] += 1
+        return timed(model, inputs, new_tokens)
+
+    monkeypatch.setattr(bench, "time_generation", counting)
+    record = {}
+    bench.measure_workloads(pytorch_model, record, prepared, {"blog": 1, "photo": 0, "text": 2},
+                            dict.fromkeys(prepared, 1), stage_iterations=0)
+    assert calls == {"blog": 2, "photo": 1, "text": 3}  # warm-up calls + one timed call each
+    assert all(record["workloads"][name]["e2e_s"]["n"] == 1 for name in prepared)
 
 
 def test_a_contender_that_would_crash_openvino_is_recorded_not_loaded(fp32_dir, prepared, monkeypatch):
