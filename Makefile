@@ -42,7 +42,7 @@ $(LLAMA_STAMP): | $(STAMP) $(LLAMA_SDIST)
 		--no-cache-dir --no-deps $(LLAMA_SDIST)
 	@touch $@
 
-# FULL=1: notebook 04's full plan (every contender, longer sweeps: about an hour) instead of the default (~10 min)
+# FULL=1: notebook 04's full plan (every contender, longer sweeps: about an hour) instead of the default (~8 min)
 run: $(STAMP) $(LLAMA_STAMP)
 	$(if $(FULL),VLM_FULL=$(FULL) )$(PY) -m helpers.run_series $(NOTEBOOKS)
 
