@@ -72,7 +72,11 @@ class Plan:
 def thread_counts(max_threads: int | None = None) -> tuple[int, ...]:
     """1, 2, 4, ... up to ``max_threads`` (default: the usable cores), and ``max_threads`` itself."""
     top = max_threads or hardware.usable_cores()
-    return tuple(sorted({top} | {2**i for i in range(top.bit_length()) if 2**i < top}))
+    counts, n = {top}, 1
+    while n < top:
+        counts.add(n)
+        n *= 2
+    return tuple(sorted(counts))
 
 
 # The default plan: what a class compares, side studies on two (under 10 minutes, 256M model, 2 cores). The photo
