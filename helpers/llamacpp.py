@@ -160,6 +160,22 @@ def problems(folder: Path) -> list[str]:
     return found
 
 
+def system_info() -> str:
+    """What llama.cpp says it was built with and uses here (``llama_print_system_info``: its CPU kernels, e.g.
+    ``AVX512 = 1 | AVX512_VNNI = 1``)."""
+    import llama_cpp
+
+    return llama_cpp.llama_print_system_info().decode().strip()
+
+
+def threading() -> str:
+    """How llama.cpp's threads wait between operations: its own thread pool, or OpenMP (then ``OMP_WAIT_POLICY``
+    matters: ``PASSIVE`` puts them to sleep between the tiny steps of decoding and cuts its speed several times)."""
+    if "OPENMP = 1" not in system_info():
+        return "llama.cpp's own thread pool (built with GGML_OPENMP=OFF; OMP_WAIT_POLICY does not apply)"
+    return f"OpenMP, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}"
+
+
 def require() -> None:
     """Raise :class:`LlamaCppUnsupported` with what to do when llama-cpp-python is not installed."""
     try:
@@ -257,7 +273,7 @@ def load(folder: Path, lm_type: str = "q8_0", threads: int | None = None, *, n_c
     mtmd_cpp.mtmd_helper_log_set(llama_log_callback, None)
     start = time.perf_counter()
     llm = llama_cpp.Llama(model_path=str(folder / lm_file(lm_type)), n_ctx=n_ctx, n_batch=2048, n_ubatch=512,
-                          n_threads=threads, n_threads_batch=threads, verbose=False)
+                          n_threads=threads, n_threads_batch=threads, flash_attn=True, verbose=False)
     model = LlamaCppVLM(llm, folder / MMPROJ, lm_type, threads, 0.0)
     vocab = llama_cpp.llama_model_get_vocab(llm.model)
     for text in IMAGE_WRAPPER_TOKENS:
@@ -439,6 +455,7 @@ def measure_contender(folder: Path, lm_type: str, threads: int, workloads: dict[
 
     def load_and_describe() -> LlamaCppVLM:
         model = load(folder, lm_type, threads)
+        record.update(system_info=system_info(), threading=threading())
         record.update(gguf_size_MB=bench.significant((folder / lm_file(lm_type)).stat().st_size / 1e6),
                       mmproj_size_MB=bench.significant((folder / MMPROJ).stat().st_size / 1e6),
                       lm_bytes_per_token_MB=bench.significant(lm_bytes_per_token(folder / lm_file(lm_type)) / 1e6))
