@@ -1,10 +1,17 @@
-"""Reusable code for the SmolVLM-on-CPU notebook series.
+"""The plumbing of the SmolVLM-on-CPU notebook series; the notebooks show the library calls that matter.
 
-The notebooks narrate and show the Optimum Intel / OpenVINO calls that matter; this package holds the
-plumbing: model choice and offline stand-ins, atomic exports, data loading, timing, plotting, widgets.
-One module per concern; import what you need, e.g. ``from helpers import models``.
+One module per concern (``from helpers import chat``); what only notebook 05 needs lives in ``helpers.deep``.
 """
 
 from helpers import quiet
 
 quiet.install()
+
+
+def show_code(function):
+    """Display the source of ``function`` in the notebook: what a helper does, instead of a second copy of it."""
+    import inspect
+
+    from IPython.display import Code, display
+
+    display(Code(inspect.getsource(function), language="python"))

@@ -1,9 +1,9 @@
-"""Asking SmolVLM about images and a video: load a variant, build inputs, stream the answer, time it.
+"""Asking a VLM about images or a video: the one prompt builder, answers streamed by ``generate``, the one token clock.
 
-The same calls notebook 03 shows (chat template, processor, greedy decoding via :mod:`helpers.greedy`), with
-checks that turn bad input into one sentence (:class:`ChatError`, ``images.ImageError``, ``ValueError``).
-Timings as OpenVINO GenAI's llm_bench takes them: TTFT from the start of :func:`ask` to the first new token;
-decode speed ``(new tokens - 1) / (last token time - first token time)``.
+Every input is checked first, so bad input ends in one sentence (:class:`ChatError`, ``images.ImageError``).
+Time to first token (TTFT) is counted, here and in every benchmark of the course, from the call to ``generate``
+(the processor's work is done and timed apart, as ``preprocess_s``) to the moment ``generate`` hands out the first
+new token; decode speed is ``(new tokens - 1) / (time of the last token - time of the first)``.
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ import numbers
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
+from transformers import TextStreamer
 
-from helpers import devices, export, images
+from helpers import devices, export, images, store
 from helpers.models import ModelChoice
-from helpers.paths import openvino_cache_dir
 
 DEFAULT_QUESTION = "What is in this image? Answer in one sentence."
 
@@ -32,54 +32,50 @@ def model_folder(choice: ModelChoice, variant: str) -> Path:
     """Folder of a complete IR ``variant`` of ``choice``, or a :class:`ChatError` naming the variants that exist."""
     folder = export.variant_dir(choice, variant)
     if not export.is_complete(folder):
-        have = ", ".join(export.existing_variants(choice)) or "none yet"
-        raise ChatError(
-            f"Variant {variant!r} of {choice.slug} is not on disk (no complete export in {folder}): make it with "
-            f"notebook 01 or 02, or pick one that exists ({have})."
-        )
+        have = ", ".join(p.name for p in sorted(folder.parent.glob("*")) if export.is_complete(p)) or "none yet"
+        raise ChatError(f"Variant {variant!r} of {choice.slug} is not on disk (no complete export in {folder}): make "
+                        f"it with notebook 01 or 02, or pick one that exists ({have}).")
     return folder
 
 
 def load_model(folder: Path, device: str = "CPU", *, compile_cache: bool = True):
-    """``(model, processor)`` for the IR in ``folder``, compiled for ``device`` (checked first).
-
-    ``compile_cache`` keeps the compiled model in :func:`helpers.paths.openvino_cache_dir`, so reloading is faster.
-    """
+    """``(model, processor)`` for the IR in ``folder``, checked, then compiled for ``device`` (checked first); with
+    ``compile_cache``, OpenVINO keeps the compiled model in the cache folder, so the next load is faster."""
     from optimum.intel import OVModelForVisualCausalLM
     from transformers import AutoProcessor
 
-    device = devices.check_device(device)
-    folder = Path(folder)
-    if not export.is_complete(folder):
-        missing = ", ".join(export.missing_files(folder)) if folder.is_dir() else "the whole folder"
-        if missing:
-            raise ChatError(f"No complete OpenVINO model in {folder} (missing: {missing}): run notebook 01 first.")
-        raise ChatError(f"The OpenVINO model in {folder} is damaged or stale ({'; '.join(export.problems(folder))}): "
-                        "delete the folder and run the notebook that made it again.")
+    device, folder = devices.check_device(device), Path(folder)
+    found = export.problems(folder)
+    missing = [p.removeprefix("missing ") for p in found if p.startswith("missing ") or p == "not built yet"]
+    if missing:
+        raise ChatError(f"No complete OpenVINO model in {folder} (missing: {', '.join(missing)}): run notebook 01 "
+                        "first.")
+    if found:
+        raise ChatError(f"The OpenVINO model in {folder} is damaged or stale ({'; '.join(found)}): delete the folder "
+                        "and run the notebook that made it again.")
     try:
-        export.check_ir(folder)  # parses the graphs too: a same-size corrupted file, named before OpenVINO trips on it
+        export.check_ir(folder)  # parses the graphs: a same-size damaged file, named before OpenVINO trips on it
     except export.CorruptIRError as err:
         raise ChatError(str(err)) from None
-    ov_config = {"CACHE_DIR": str(openvino_cache_dir())} if compile_cache else None
+    ov_config = {"CACHE_DIR": str(store.cache_dir() / "openvino-compiled")} if compile_cache else None
     model = OVModelForVisualCausalLM.from_pretrained(folder, device=device, ov_config=ov_config)
     return model, AutoProcessor.from_pretrained(folder)
 
 
-def check_question(question: str, processor=None) -> str:
+def check_question(question, processor=None) -> str:
     """``question`` stripped; :class:`ChatError` if it is not text, empty, or holds the model's markers."""
     if question is not None and not isinstance(question, str):
-        raise ChatError(f"The question must be text (a str), not {type(question).__name__}: "
-                        f"e.g. \"What is in this image?\".")
+        raise ChatError(f'The question must be text (a str), not {type(question).__name__}: e.g. "What is in this '
+                        'image?".')
     text = (question or "").strip()
     if not text:
         raise ChatError("The question is empty: type what you want to know about the image.")
-    if processor is not None:
-        for marker in [processor.image_token, processor.video_token, *processor.tokenizer.all_special_tokens]:
-            if marker and marker in text:
-                raise ChatError(
-                    f"The question contains {marker!r}, a marker the model reserves for images and turns: "
-                    "remove it (add images with one {'type': 'image'} entry each instead)."
-                )
+    markers = [getattr(processor, "image_token", None), getattr(processor, "video_token", None),
+               *(processor.tokenizer.all_special_tokens if processor is not None else [])]
+    for marker in filter(None, markers):
+        if marker in text:
+            raise ChatError(f"The question contains {marker!r}, a marker the model reserves for images and turns: "
+                            "remove it (add images with one {'type': 'image'} entry each instead).")
     return text
 
 
@@ -106,21 +102,9 @@ def check_count(name: str, value, low: int = 1, high: int | None = None) -> int:
 
 
 def user_message(question: str, n_images: int = 1, video: bool = False) -> list[dict]:
-    """Chat messages for one user turn: ``n_images`` image places (or a video place), then the question."""
-    content = [{"type": "image"} for _ in range(n_images)] + ([{"type": "video"}] if video else [])
+    """The chat messages of one user turn: ``n_images`` image places (or a video place), then the question."""
+    content = [{"type": "image"}] * n_images + ([{"type": "video"}] if video else [])
     return [{"role": "user", "content": [*content, {"type": "text", "text": question}]}]
-
-
-def prompt_text(processor, question: str, n_images: int = 0) -> str:
-    """The chat-template prompt of one user turn, ready for the answer."""
-    return processor.apply_chat_template(user_message(question, n_images), add_generation_prompt=True)
-
-
-def question_inputs(processor, question: str, image: images.ImageSource | None = None, *,
-                    longest_edge: int | None = None):
-    """Model inputs for one question about one image (``None``: text only); see :func:`prepare_inputs`."""
-    pictures = [] if image is None else [image]
-    return prepare_inputs(processor, user_message(question, len(pictures)), pictures, longest_edge=longest_edge)
 
 
 def _plural(n: int, word: str) -> str:
@@ -129,11 +113,9 @@ def _plural(n: int, word: str) -> str:
 
 def prepare_inputs(processor, messages: list[dict], image_list: Sequence[images.ImageSource] = (), video=None, *,
                    longest_edge: int | None = None):
-    """Model inputs for ``messages`` with ``image_list`` or one ``video`` (a path or ``images.load_video`` output).
-
-    ``longest_edge`` overrides the size images are resized to before tiling (512: 1 tile, 2048: up to 4x4 + 1).
-    Raises :class:`ChatError` when the images don't match the places the prompt has for them.
-    """
+    """Model inputs for ``messages`` (chat template, then processor) with ``image_list`` or one ``video`` (a path,
+    or ``images.load_video``'s output). ``longest_edge`` resizes images first (SmolVLM: 512 px is one tile).
+    Raises :class:`ChatError` when the images don't match the places the prompt has for them."""
     image_list = check_image_list(image_list)
     if longest_edge is not None:
         longest_edge = check_count("longest_edge", longest_edge, images.MIN_EDGE, images.MAX_EDGE)
@@ -141,119 +123,135 @@ def prepare_inputs(processor, messages: list[dict], image_list: Sequence[images.
         raise ChatError(f"video must be a file path or the (frames, metadata) of images.load_video, "
                         f"not {type(video).__name__}.")
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-    image_places, video_places = prompt.count(processor.image_token), prompt.count(processor.video_token)
-    n_images = len(image_list)
-    if n_images and video is not None:
+    image_places = prompt.count(processor.image_token)
+    video_places = prompt.count(getattr(processor, "video_token", None) or "\0")
+    n = len(image_list)
+    if n and video is not None:
         raise ChatError("SmolVLM's processor takes either images or one video in a prompt, not both: ask separately.")
-    if n_images > image_places:
-        raise ChatError(f"You passed {_plural(n_images, 'image')} but the prompt has places for {image_places}: "
-                        "add one {'type': 'image'} entry to the message for each image.")
-    if n_images < image_places:
-        raise ChatError(f"The prompt has places for {_plural(image_places, 'image')} but you passed {n_images}: "
-                        "pass one image for each {'type': 'image'} entry.")
+    if n != image_places:
+        raise ChatError(f"You passed {_plural(n, 'image')} but the prompt has places for {image_places}: add one "
+                        "{'type': 'image'} entry to the message for each image." if n > image_places else
+                        f"The prompt has places for {_plural(image_places, 'image')} but you passed {n}: pass one "
+                        "image for each {'type': 'image'} entry.")
     if (video is not None) != (video_places > 0) or video_places > 1:
-        raise ChatError(
-            f"The prompt has {_plural(video_places, 'video place')} but you passed "
-            f"{'a video' if video is not None else 'none'}: use one {{'type': 'video'}} entry with one video."
-        )
+        raise ChatError(f"The prompt has {_plural(video_places, 'video place')} but you passed "
+                        f"{'a video' if video is not None else 'none'}: use one {{'type': 'video'}} entry with one "
+                        "video.")
     if video is not None:
         frames, metadata = video if isinstance(video, tuple) else images.load_video(video)
-        # SmolVLM2 expects the processor to sample the frames (fps per second, at most num_frames).
+        # SmolVLM2 expects the processor to sample the frames (fps per second, at most num_frames)
         return processor(text=prompt, videos=[[frames]], video_metadata=[metadata], do_sample_frames=True,
                          return_tensors="pt")
-    if not n_images:
-        return processor(text=prompt, return_tensors="pt")
     pictures = [images.load_image(source) for source in image_list]
-    size = {"size": {"longest_edge": longest_edge}} if longest_edge else {}
-    return processor(text=prompt, images=[pictures], return_tensors="pt", **size)
+    if longest_edge and images.tile_size(processor):  # SmolVLM: the processor resizes (and may enlarge)
+        return processor(text=prompt, images=[pictures], size={"longest_edge": longest_edge}, return_tensors="pt")
+    if longest_edge:  # other processors: shrink the image to fit, keeping its aspect
+        for picture in pictures:
+            picture.thumbnail((longest_edge, longest_edge))
+    return processor(text=prompt, images=[pictures] if pictures else None, return_tensors="pt")
+
+
+def question_inputs(processor, question: str, image: images.ImageSource | None = None, *,
+                    longest_edge: int | None = None):
+    """:func:`prepare_inputs` for one question about one image (``None``: text only)."""
+    pictures = [] if image is None else [image]
+    return prepare_inputs(processor, user_message(question, len(pictures)), pictures, longest_edge=longest_edge)
+
+
+class TokenClock(TextStreamer):
+    """The course's one token clock: a ``generate`` streamer that stamps ``time.perf_counter()`` the moment each new
+    token is chosen (``times``, ``tokens``); with ``on_text``, it also hands out the answer's text as it is decoded
+    (transformers' ``TextStreamer`` decides when a piece of text is complete)."""
+
+    def __init__(self, tokenizer=None, on_text: Callable[[str], None] | None = None) -> None:
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.on_text, self.times, self.tokens, self.pieces = on_text, [], [], []
+
+    def put(self, value) -> None:
+        if self.next_tokens_are_prompt:  # generate hands over the prompt first
+            self.next_tokens_are_prompt = False
+            return
+        now, ids = time.perf_counter(), [int(t) for t in value.reshape(-1)]
+        self.times += [now] * len(ids)
+        self.tokens += ids
+        if self.tokenizer is not None:
+            super().put(value)
+
+    def end(self) -> None:
+        if self.tokenizer is not None:
+            super().end()
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        if text:
+            self.pieces.append(text)
+            if self.on_text is not None:
+                self.on_text(text)
 
 
 @dataclass
-class Answer:
-    """A generated answer and what it cost."""
+class Reply:
+    """What the model answered, and what it cost (see the module's docstring for the clock)."""
 
     text: str
-    new_tokens: int
+    token_ids: tuple[int, ...]
     prompt_tokens: int
     image_tokens: int
-    tiles: int
+    tiles: int | None  # SmolVLM's tiles (and video frames); None for a model that does not cut tiles
+    preprocess_s: float
     ttft_s: float
-    total_s: float
     decode_s: float  # from the first to the last new token
-    token_ids: tuple[int, ...] = ()  # the new tokens, as chosen
+    total_s: float = field(default=0.0)  # preprocessing and generate
+
+    @property
+    def new_tokens(self) -> int:
+        return len(self.token_ids)
 
     @property
     def tokens_per_s(self) -> float | None:
         """Decode speed, ``(new tokens - 1) / decode time``; ``None`` with fewer than two new tokens."""
-        if self.new_tokens < 2 or self.decode_s <= 0:
-            return None
-        return (self.new_tokens - 1) / self.decode_s
+        return (self.new_tokens - 1) / self.decode_s if self.new_tokens > 1 and self.decode_s > 0 else None
 
     def stats_line(self) -> str:
         speed = f"{self.tokens_per_s:.1f} tokens/s" if self.tokens_per_s else "tokens/s: n/a (fewer than 2 tokens)"
-        return (
-            f"time to first token {self.ttft_s:.2f} s · {speed} · {self.new_tokens} new tokens in "
-            f"{self.total_s:.2f} s · prompt {self.prompt_tokens} tokens ({self.image_tokens} image tokens, "
-            f"{_plural(self.tiles, 'tile')})"
-        )
+        tiles = f", {_plural(self.tiles, 'tile')}" if self.tiles else ""
+        return (f"time to first token {self.ttft_s:.2f} s · {speed} · {self.new_tokens} new tokens in "
+                f"{self.total_s:.2f} s · prompt {self.prompt_tokens} tokens ({self.image_tokens} image tokens{tiles})")
 
     def __repr__(self) -> str:
         return f"{self.text}\n[{self.stats_line()}]"
 
 
-def stream_answer(model, processor, inputs, *, max_new_tokens: int = 64,
-                  on_text: Callable[[str], None] | None = None, start: float | None = None) -> Answer:
-    """The greedy answer to processor output ``inputs``, each piece of text sent to ``on_text`` once decoded.
+def image_token_count(processor, inputs) -> int:
+    token = getattr(processor, "image_token_id", None)
+    return int((inputs["input_ids"] == token).sum()) if token is not None else 0
 
-    Same tokens as ``model.generate(**inputs, do_sample=False)``, via :func:`helpers.greedy.greedy_tokens`.
-    ``start`` (a ``time.perf_counter()`` value, default now) is where TTFT is counted from.
-    """
-    import numpy as np
-    from transformers import TextStreamer
 
-    from helpers import greedy
-
+def stream(model, processor, inputs, *, max_new_tokens: int = 64, on_text: Callable[[str], None] | None = None,
+           preprocess_s: float = 0.0) -> Reply:
+    """Greedy ``model.generate(**inputs, streamer=...)``, each piece of text sent to ``on_text`` as it is decoded."""
     max_new_tokens = check_count("max_new_tokens", max_new_tokens)
-    start = time.perf_counter() if start is None else start
     prompt_tokens = int(inputs["input_ids"].shape[1])
-    limit = getattr(model.config.text_config, "max_position_embeddings", None)
+    text_config = getattr(model.config, "text_config", model.config)
+    limit = getattr(text_config, "max_position_embeddings", None)
     if limit and prompt_tokens + max_new_tokens > limit:
-        raise ChatError(
-            f"The prompt has {prompt_tokens} tokens and with {max_new_tokens} new ones exceeds the {limit} the model "
-            "can read: use fewer or smaller images (longest_edge), or a shorter question."
-        )
-    pieces: list[str] = []
-
-    class Pieces(TextStreamer):  # transformers' streamer decides when a piece of text is complete (whole words)
-        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-            if text:
-                pieces.append(text)
-                if on_text is not None:
-                    on_text(text)
-
-    streamer, times, tokens = Pieces(processor.tokenizer, skip_special_tokens=True), [], []
-    for token in greedy.greedy_tokens(model, inputs, max_new_tokens):
-        times.append(time.perf_counter())
-        tokens.append(int(token))
-        streamer.put(np.array([token]))
-    streamer.end()
-    total = time.perf_counter() - start
-    pixel_values = inputs.get("pixel_values")
-    return Answer(
-        text="".join(pieces).strip(),
-        new_tokens=len(times),
-        prompt_tokens=prompt_tokens,
-        image_tokens=int((inputs["input_ids"] == processor.image_token_id).sum()),
-        tiles=int(pixel_values.shape[0] * pixel_values.shape[1]) if pixel_values is not None else 0,
-        ttft_s=(times[0] - start) if times else total,
-        total_s=total,
-        decode_s=(times[-1] - times[0]) if times else 0.0,
-        token_ids=tuple(tokens),
-    )
+        raise ChatError(f"The prompt has {prompt_tokens} tokens and with {max_new_tokens} new ones exceeds the "
+                        f"{limit} the model can read: use fewer or smaller images (longest_edge), or a shorter "
+                        "question.")
+    clock = TokenClock(processor.tokenizer, on_text)
+    start = time.perf_counter()
+    model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, streamer=clock)
+    end = time.perf_counter()
+    pixels = inputs.get("pixel_values")
+    tiles = int(pixels.shape[0] * pixels.shape[1]) if pixels is not None and pixels.ndim == 5 else None
+    return Reply(text="".join(clock.pieces).strip(), token_ids=tuple(clock.tokens), prompt_tokens=prompt_tokens,
+                 image_tokens=image_token_count(processor, inputs), tiles=tiles, preprocess_s=preprocess_s,
+                 ttft_s=(clock.times[0] if clock.times else end) - start,
+                 decode_s=(clock.times[-1] - clock.times[0]) if clock.times else 0.0,
+                 total_s=preprocess_s + end - start)
 
 
 def ask(model, processor, question: str, image_list: Sequence[images.ImageSource] = (), video=None,
-        **options) -> Answer:
+        **options) -> Reply:
     """Ask about ``image_list`` (or a ``video``) with no memory; ``options`` as for :meth:`Conversation.ask`."""
     return Conversation().ask(model, processor, question, image_list, video, **options)
 
@@ -262,36 +260,33 @@ class Conversation:
     """A multi-turn chat: each new prompt holds the earlier turns and their images (which cost their tiles again)."""
 
     def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        """Forget every earlier turn."""
         self.messages: list[dict] = []  # user and assistant turns, as the chat template takes them
         self.images: list = []  # the earlier turns' images, in the order of their places in the prompt
         self.video = None  # or the video of an earlier turn
 
     @property
     def turns(self) -> int:
-        """How many questions have been answered so far."""
-        return sum(1 for m in self.messages if m["role"] == "user")
-
-    def clear(self) -> None:
-        """Forget every earlier turn."""
-        self.messages, self.images, self.video = [], [], None
+        return sum(m["role"] == "user" for m in self.messages)
 
     def ask(self, model, processor, question: str, image_list: Sequence[images.ImageSource] = (), video=None, *,
             max_new_tokens: int = 64, longest_edge: int | None = None,
-            on_text: Callable[[str], None] | None = None) -> Answer:
+            on_text: Callable[[str], None] | None = None) -> Reply:
         """Ask ``question`` (about new images or a ``video``, if any) as the next turn; checks every input first."""
         start = time.perf_counter()
         question = check_question(question, processor)
         pictures = [images.load_image(source) for source in check_image_list(image_list)]
-        new_video = video is not None
-        if (new_video and (self.images or self.video is not None)) or (pictures and self.video is not None):
+        if (video is not None and (self.images or self.video is not None)) or (pictures and self.video is not None):
             raise ChatError("SmolVLM's processor takes either images or one video in a prompt, not both: clear "
                             "the conversation first.")
-        messages = self.messages + user_message(question, n_images=len(pictures), video=new_video)
-        video = video if new_video else self.video
+        messages = self.messages + user_message(question, len(pictures), video is not None)
+        video = video if video is not None else self.video
         inputs = prepare_inputs(processor, messages, self.images + pictures, video, longest_edge=longest_edge)
-        answer = stream_answer(model, processor, inputs, max_new_tokens=max_new_tokens, on_text=on_text,
-                               start=start)
-        self.messages = [*messages, {"role": "assistant", "content": [{"type": "text", "text": answer.text}]}]
-        self.images += pictures
-        self.video = video
-        return answer
+        reply = stream(model, processor, inputs, max_new_tokens=max_new_tokens, on_text=on_text,
+                       preprocess_s=time.perf_counter() - start)
+        self.messages = [*messages, {"role": "assistant", "content": [{"type": "text", "text": reply.text}]}]
+        self.images, self.video = self.images + pictures, video
+        return reply

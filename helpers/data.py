@@ -7,8 +7,9 @@ from pathlib import Path
 
 import datasets
 
-from helpers.paths import DATA_DIR
+from helpers.store import REPO_ROOT
 
+DATA_DIR = REPO_ROOT / "data"
 IMAGES_DIR = DATA_DIR / "images"
 CALIBRATION_FILE = DATA_DIR / "calibration.jsonl"
 EVAL_FILE = DATA_DIR / "eval.jsonl"

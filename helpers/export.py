@@ -1,190 +1,160 @@
-"""OpenVINO IR folders: where each variant lives, building them atomically, and what an export holds.
+"""OpenVINO IR folders: which model optimum-intel can export, the export itself, and what a folder holds.
 
-A build writes into a temporary sibling folder that is renamed into place only when complete, with a marker
-file (:mod:`helpers.atomic`), so an interrupted run never leaves a folder that later loads as a model.
+Exports are built with :func:`helpers.store.build`: they appear complete or not at all, and a folder made by other
+library versions, or from an earlier build of a stand-in, is named and rebuilt.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
-import time
 import warnings
-from collections.abc import Callable
+from importlib.metadata import version
 from pathlib import Path
 
-from helpers import atomic, quiet, synthetic
+from helpers import quiet, standins, store
 from helpers.models import ModelChoice
-from helpers.paths import models_dir
 
-SUBMODELS = {
-    "language_model": "openvino_language_model",
-    "text_embeddings_model": "openvino_text_embeddings_model",
-    "vision_embeddings_model": "openvino_vision_embeddings_model",
-}
-# The FP32 export (notebook 01) and the recipes of notebook 02.
-VARIANTS = ("fp32", "int8", "int4", "int4-awq", "int4-ratio", "mixed", "mixed-int4")
-COMPLETE_MARKER = "export_complete.json"
-# Besides the IR: what loading the folder needs (the model config; the processor and its tokenizer).
-LOAD_FILES = ("config.json", "preprocessor_config.json", "tokenizer_config.json", "tokenizer.json")
-InsufficientDiskSpaceError = atomic.InsufficientDiskSpaceError
+TASK = "image-text-to-text"
+REQUIRED = ("config.json", "openvino_language_model.xml", "openvino_language_model.bin")
+_NOT_SUBMODELS = ("openvino_tokenizer", "openvino_detokenizer")
 
 
-class CorruptIRError(RuntimeError):
+class CorruptIRError(ValueError):
     """An IR folder on disk is damaged; the message names the file and the fix."""
 
 
+class UnsupportedModelError(ValueError):
+    """optimum-intel can't export this model for the course; the message says what the course supports."""
+
+
 def variant_dir(choice: ModelChoice, variant: str) -> Path:
-    """Folder of one IR variant (``fp32``, ``int8``, ``int4``, ``mixed``...) of the chosen model."""
-    return models_dir() / choice.slug / variant
+    """Folder of one IR variant (``fp32``, ``int8``, ``int4``...) of the chosen model."""
+    return store.models_dir() / choice.slug / variant
 
 
 def ir_files(folder: Path) -> dict[str, tuple[Path, Path]]:
-    """``{submodel: (xml, bin)}`` of an exported folder."""
-    return {name: (Path(folder) / f"{stem}.xml", Path(folder) / f"{stem}.bin") for name, stem in SUBMODELS.items()}
+    """``{submodel: (xml, bin)}`` of an exported folder, e.g. ``language_model``, ``vision_embeddings_model``."""
+    return {xml.stem.removeprefix("openvino_"): (xml, xml.with_suffix(".bin"))
+            for xml in sorted(Path(folder).glob("openvino_*.xml")) if xml.stem not in _NOT_SUBMODELS}
 
 
-def missing_files(folder: Path) -> list[str]:
-    """Files an exported SmolVLM folder must have but ``folder`` lacks (empty list: complete)."""
-    needed = [*LOAD_FILES, COMPLETE_MARKER, *(f"{stem}.{ext}" for stem in SUBMODELS.values() for ext in ("xml", "bin"))]
-    return [name for name in needed if not (Path(folder) / name).is_file()]
+def facts(source: str | Path, **more) -> dict:
+    """What an IR made from ``source`` (a model, or an IR folder) is made with: the library versions and, for a
+    stand-in, the version of its build (a newer build makes earlier IRs stale); plus ``more``."""
+    packages = ("openvino", "optimum-intel", "transformers", "nncf")
+    spec = standins.SPECS.get((standins.record(Path(source)) or {}).get("name")) if Path(source).is_dir() else None
+    return {**{p: version(p) for p in packages}, "standin_version": spec.version if spec else None, **more}
 
 
-def read_marker(folder: Path) -> dict | None:
-    """The completion marker of ``folder`` (versions, file sizes), or ``None`` when it is absent or damaged."""
-    return atomic.read_record(Path(folder) / COMPLETE_MARKER)
+def check_supported(choice: ModelChoice) -> str:
+    """The model type of ``choice``, or :class:`UnsupportedModelError` when optimum-intel can't export it as an
+    image-text-to-text model (checked before anything is built)."""
+    from optimum.exporters.tasks import TasksManager
+    from transformers import AutoConfig
+
+    import optimum.intel.openvino  # noqa: F401  (registers the OpenVINO exporter's model types)
+
+    config = AutoConfig.from_pretrained(choice.source)
+    try:
+        tasks = TasksManager.get_supported_tasks_for_model_type(config.model_type, exporter="openvino",
+                                                                library_name="transformers")
+    except KeyError:
+        tasks = {}
+    if TASK not in tasks or not hasattr(config, "vision_config"):
+        raise UnsupportedModelError(
+            f"{choice.requested} is a {config.model_type!r} model, which optimum-intel {version('optimum-intel')} "
+            f"cannot export as a vision-language model: the course runs {TASK} models such as SmolVLM, LLaVA, "
+            "Qwen2-VL or Gemma 3.")
+    return config.model_type
 
 
-def _versions() -> dict[str, str]:
-    from importlib.metadata import version
+def convert_to_ir(source: str, folder: Path) -> None:
+    """The export itself: optimum-intel traces each submodel and saves the IR, the processor is saved beside it."""
+    from optimum.intel import OVModelForVisualCausalLM
+    from transformers import AutoProcessor
 
-    return {pkg: version(pkg) for pkg in ("openvino", "optimum-intel", "transformers", "nncf")}
+    model = OVModelForVisualCausalLM.from_pretrained(source, export=True, load_in_8bit=False, compile=False)
+    model.save_pretrained(folder)
+    AutoProcessor.from_pretrained(source).save_pretrained(folder)
+
+
+def export_fp32(choice: ModelChoice, *, force: bool = False) -> Path:
+    """The full-precision IR of ``choice`` (:func:`convert_to_ir`), exported now unless already on disk."""
+
+    def make(folder: Path) -> None:
+        with warnings.catch_warnings():  # tracing warns about Python-side shape arithmetic: expected, not actionable
+            warnings.filterwarnings("ignore", message=".*(might cause the trace|registered as constants).*")
+            convert_to_ir(choice.source, folder)
+
+    return store.build(variant_dir(choice, "fp32"), make, facts=facts(choice.source), required=REQUIRED, force=force,
+                       needed_bytes=estimate_bytes(choice.source))
+
+
+def run_cli(command: list[str], dest: Path, choice: ModelChoice, *, force: bool = False) -> Path:
+    """Run ``command`` (``optimum-cli export openvino ...``) with the output folder appended, built as
+    :func:`export_fp32` builds; prints what the command printed, without PyTorch's tracer warnings and the known
+    harmless messages of :mod:`helpers.quiet`."""
+
+    def make(folder: Path) -> None:
+        cli = Path(sys.executable).parent / command[0]  # the venv's optimum-cli; a command given as a path, as is
+        done = subprocess.run([str(cli) if cli.exists() else command[0], *command[1:], str(folder)], text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        lines = done.stdout.splitlines()
+        keep = [line for i, line in enumerate(lines) if "TracerWarning" not in line and not quiet.is_known_noise(line)
+                and not (i and "TracerWarning" in lines[i - 1] and line.startswith("  "))]
+        print("\n".join(keep))
+        if done.returncode != 0:
+            raise RuntimeError(f"{command[0]} failed with exit code {done.returncode}; see its output above")
+
+    return store.build(dest, make, facts=facts(choice.source), required=REQUIRED, force=force,
+                       needed_bytes=estimate_bytes(choice.source))
+
+
+def estimate_bytes(source: str) -> int | None:
+    """Disk an FP32 export of ``source`` needs, from its weights (``None`` until it is on disk)."""
+    folder = Path(source)
+    weights = list(folder.glob("*.safetensors")) if folder.is_dir() else []
+    if not weights:
+        return None
+    config = json.loads((folder / "config.json").read_text())
+    half = (config.get("torch_dtype") or config.get("dtype")) in ("bfloat16", "float16")
+    return int(sum(f.stat().st_size for f in weights) * (2 if half else 1) * 1.1)
 
 
 def problems(folder: Path) -> list[str]:
-    """Why ``folder`` can't be used as a finished export (empty list: it can): missing files, a damaged marker,
-    files whose size changed since written, other library versions, or an earlier build of a stand-in."""
-    missing = missing_files(folder)
-    if missing:
-        return [f"missing {name}" for name in missing]
-    marker = read_marker(folder)
-    if marker is None:
-        return [f"{COMPLETE_MARKER} is damaged (not a JSON record of the export)"]
-    found = atomic.changed_files(folder, marker.get("file_sizes", {}))
-    for package, version in _versions().items():
-        if marker.get(package) not in (None, version):
-            found.append(f"made with {package} {marker[package]}, this environment has {version}")
-    stale = synthetic.stale_source(folder)
-    return found + [stale] if stale else found
+    """Why ``folder`` is not a finished export made by this environment (empty list: it is)."""
+    return store.problems(folder, facts(folder), REQUIRED)
 
 
 def is_complete(folder: Path) -> bool:
-    """True when ``folder`` holds a finished, undamaged export made by this environment's library versions."""
-    return Path(folder).is_dir() and not problems(folder)
+    return not problems(folder)
 
 
 def check_ir(folder: Path) -> Path:
-    """Return ``folder``, or raise :class:`CorruptIRError` naming the damaged file: besides :func:`problems`,
-    parses each graph and checks its weights file holds every constant the graph needs."""
+    """``folder``, or :class:`CorruptIRError` naming what is wrong: besides :func:`problems`, each graph is parsed
+    and its weights file checked to hold every constant it needs."""
     import xml.etree.ElementTree as ET
 
     folder = Path(folder)
     fix = f"delete {folder} and run the notebook that made it again (it rebuilds missing variants)"
-    if not folder.is_dir():
-        raise CorruptIRError(f"{folder} does not exist; run notebooks 01 and 02 to create it")
-    found = problems(folder)
-    if found:
-        raise CorruptIRError(f"{folder} is not a usable export: {'; '.join(found)}; {fix}.")
-    for xml, bin_ in ir_files(folder).values():
+    if problems(folder):
+        raise CorruptIRError(f"{folder} is not a usable export: {'; '.join(problems(folder))}; {fix}.")
+    for xml, weights in ir_files(folder).values():
         try:
             root = ET.parse(xml).getroot()
         except ET.ParseError as err:
             raise CorruptIRError(f"{xml} is corrupted (not valid XML: {err}); {fix}.") from None
         ends = [int(d.get("offset", 0)) + int(d.get("size", 0)) for d in root.iter("data") if d.get("size")]
-        if ends and max(ends) > bin_.stat().st_size:
-            raise CorruptIRError(
-                f"{bin_} is corrupted (truncated: {bin_.stat().st_size} bytes, its graph needs {max(ends)}); {fix}."
-            )
+        if ends and max(ends) > weights.stat().st_size:
+            raise CorruptIRError(f"{weights} is corrupted (truncated: {weights.stat().st_size} bytes, its graph "
+                                 f"needs {max(ends)}); {fix}.")
     return folder
 
 
-def estimate_export_bytes(source: str) -> int | None:
-    """Disk an fp32 export of ``source`` needs, from the size of its weights (``None`` if not local yet)."""
-    folder = Path(source)
-    files = list(folder.glob("*.safetensors")) if folder.is_dir() else []
-    if not files:
-        return None
-    config = json.loads((folder / "config.json").read_text())
-    dtype = config.get("torch_dtype") or config.get("dtype") or "float32"
-    scale = 4 / (2 if dtype in ("bfloat16", "float16") else 4)
-    return int(sum(f.stat().st_size for f in files) * scale * 1.1)
-
-
-def build_atomically(
-    dest: Path, build: Callable[[Path], None], *, force: bool = False, needed_bytes: int | None = None
-) -> Path:
-    """Run ``build(tmp_folder)`` and move its result to ``dest`` only when it is a complete export.
-
-    A complete ``dest`` is reused unless ``force``; a damaged or stale one is rebuilt. One process builds at a
-    time (:mod:`helpers.atomic`); ``needed_bytes`` (an estimate) is checked against the free disk first.
-    """
-    dest = Path(dest)
-    if is_complete(dest) and not force:
-        print(f"Skipped: a complete export is already at {dest}")
-        return dest
-    with atomic.locked(dest):
-        if is_complete(dest) and not force:  # another process finished it while we waited
-            print(f"Skipped: a complete export is already at {dest}")
-            return dest
-        if dest.exists():
-            print(f"Found an unusable folder at {dest} ({'; '.join(problems(dest)) or 'rebuild requested'}); "
-                  "rebuilding it.")
-        atomic.check_free_space(dest, needed_bytes)
-        with atomic.partial_folder(dest) as tmp:
-            start = time.perf_counter()
-            with warnings.catch_warnings():
-                # Tracing SmolVLM warns about Python-side shape arithmetic; expected for this model, not actionable.
-                warnings.filterwarnings("ignore", message=".*might cause the trace to be incorrect.*")
-                warnings.filterwarnings("ignore", message=".*registered as constants in the trace.*")
-                build(tmp)
-            seconds = time.perf_counter() - start
-            missing = [name for name in missing_files(tmp) if name != COMPLETE_MARKER]
-            if missing:
-                raise RuntimeError(f"the export into {tmp} did not produce {', '.join(missing)}; "
-                                   "nothing was moved into place")
-            marker = _versions() | {"build_seconds": round(seconds, 1), "file_sizes": atomic.file_sizes(tmp)}
-            (tmp / COMPLETE_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-    print(f"Done in {seconds:.1f} s: {dest}")
-    return dest
-
-
-def run_cli(command: list[str], dest: Path, *, force: bool = False, needed_bytes: int | None = None) -> Path:
-    """Run an ``optimum-cli export openvino ...`` command into a temporary folder, then move it to ``dest``.
-
-    Its output streams into the notebook, without PyTorch tracer warnings and :mod:`helpers.quiet`'s messages.
-    """
-
-    def build(tmp: Path) -> None:
-        cli = shutil.which("optimum-cli", path=str(Path(sys.executable).parent)) or "optimum-cli"
-        full = [cli, *command[1:], str(tmp)] if command[0] == "optimum-cli" else [*command, str(tmp)]
-        process = subprocess.Popen(full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-        assert process.stdout is not None
-        after_tracer_warning = False  # a TracerWarning's indented source line follows it
-        for line in process.stdout:
-            noise = "TracerWarning" in line or "No CUDA runtime" in line or quiet.is_known_noise(line)
-            if not noise and not (after_tracer_warning and line.startswith("  ")):
-                print(line, end="", flush=True)
-            after_tracer_warning = "TracerWarning" in line
-        if process.wait() != 0:
-            raise RuntimeError(f"optimum-cli failed with exit code {process.returncode}; see its output above")
-
-    return build_atomically(dest, build, force=force, needed_bytes=needed_bytes)
-
-
 def ir_size_bytes(folder: Path) -> int:
-    """Size on disk of the three submodels (.xml + .bin), the figure the source blog reports."""
+    """Size on disk of the submodels (.xml + .bin), the figure the source blog reports."""
     return sum(x.stat().st_size + b.stat().st_size for x, b in ir_files(folder).values())
 
 
@@ -193,34 +163,11 @@ def describe_submodels(folder: Path):
     import openvino as ov
     import pandas as pd
 
-    core = ov.Core()
-    rows = []
-    for name, (xml, bin_) in ir_files(folder).items():
-        model = core.read_model(xml)
-        rows.append({
-            "submodel": name,
-            "inputs": ", ".join(f"{p.get_any_name()} {p.get_partial_shape()}" for p in model.inputs),
-            "outputs": ", ".join(f"{p.get_any_name()} {p.get_partial_shape()}" for p in model.outputs),
-            "operations": len(model.get_ops()),
-            "size_MB": round((xml.stat().st_size + bin_.stat().st_size) / 1e6, 2),
-        })
-    return pd.DataFrame(rows).set_index("submodel")
-
-
-def export_fp32(choice: ModelChoice, *, force: bool = False) -> Path:
-    """The full-precision IR of ``choice``, exported now if missing (notebook 01 shows the same calls)."""
-    from optimum.intel import OVModelForVisualCausalLM
-    from transformers import AutoProcessor
-
-    def build(folder: Path) -> None:
-        model = OVModelForVisualCausalLM.from_pretrained(choice.source, export=True, load_in_8bit=False, compile=False)
-        model.save_pretrained(folder)
-        AutoProcessor.from_pretrained(choice.source).save_pretrained(folder)
-
-    needed = estimate_export_bytes(choice.source)
-    return build_atomically(variant_dir(choice, "fp32"), build, force=force, needed_bytes=needed)
-
-
-def existing_variants(choice: ModelChoice) -> dict[str, Path]:
-    """``{variant: folder}`` of the complete IR variants of ``choice`` on disk, in ``VARIANTS`` order."""
-    return {v: variant_dir(choice, v) for v in VARIANTS if is_complete(variant_dir(choice, v))}
+    rows = {}
+    for name, (xml, weights) in ir_files(folder).items():
+        model = ov.Core().read_model(xml)
+        rows[name] = {"inputs": ", ".join(f"{p.get_any_name()} {p.get_partial_shape()}" for p in model.inputs),
+                      "outputs": ", ".join(f"{p.get_any_name()} {p.get_partial_shape()}" for p in model.outputs),
+                      "operations": len(model.get_ops()),
+                      "size_MB": round((xml.stat().st_size + weights.stat().st_size) / 1e6, 2)}
+    return pd.DataFrame(rows).T.rename_axis("submodel")

@@ -1,4 +1,5 @@
-"""Images and videos in, as SmolVLM's processor wants them (8-bit RGB, upright, 16..2048 px), or one clear error.
+"""Images and videos in, as a VLM's processor wants them (8-bit RGB, upright, 16..2048 px), or one clear error;
+and SmolVLM's tiles, with every size read from the model's own processor.
 
 :func:`load_image` takes a path, bytes or a PIL image, applies EXIF orientation, converts any mode to RGB,
 composites transparency on white and fits the size; ``image.info["changes"]`` lists what it did. Bad input raises
@@ -18,9 +19,8 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-TILE_SIZE = 512  # SmolVLM cuts images into tiles of this edge, in pixels
-MAX_EDGE = 2048  # the most SmolVLM's processor uses (size={"longest_edge": 2048})
-MIN_EDGE = 16  # the processor guesses the channel axis from the shape: an edge of 1 or 3 px fools it
+MAX_EDGE = 2048  # larger photos are decoded small: no VLM here reads more (SmolVLM's processor resizes to 2048)
+MIN_EDGE = 16  # processors guess the channel axis from the shape: an edge of 1 or 3 px fools them
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image]
 
 
@@ -175,6 +175,14 @@ def load_video(path: Union[str, os.PathLike]):
     return frames, metadata
 
 
+def tile_size(processor) -> int | None:
+    """The edge in pixels of the tiles the processor cuts images into (SmolVLM: 512 for 256M and 500M, 384 for
+    2.2B), from its own settings; ``None`` for a processor that does not cut tiles."""
+    image_processor = getattr(processor, "image_processor", None)
+    tile = getattr(image_processor, "max_image_size", None)
+    return int(tile["longest_edge"]) if isinstance(tile, dict) and getattr(processor, "image_seq_len", None) else None
+
+
 @dataclass
 class Tiles:
     """What SmolVLM's processor makes of one image: a grid of tiles (plus a shrunk global view) and their tokens."""
@@ -195,8 +203,9 @@ class Tiles:
 
     def summary(self) -> str:
         grid = f"{self.rows}x{self.cols} tiles + 1 global view" if self.rows else "1 tile (no split)"
-        return (f"longest edge {self.longest_edge} px: {grid} = {self.n_tiles} x {self.tokens_per_tile} "
-                f"= {self.image_tokens} image tokens")
+        edge = self.pixels.shape[1]
+        return (f"longest edge {self.longest_edge} px: {grid} of {edge}x{edge} px = {self.n_tiles} x "
+                f"{self.tokens_per_tile} = {self.image_tokens} image tokens")
 
 
 def cut_into_tiles(processor, image: Image.Image, longest_edge: int | None = None) -> Tiles:
@@ -244,33 +253,3 @@ def plot_frames(frames: np.ndarray, indices, fps: float):
         ax.axis("off")
     fig.tight_layout()
     return fig
-
-
-def make_odd_images(folder: Union[str, os.PathLike], photo: Union[str, os.PathLike]) -> dict[str, Path]:
-    """Write ``photo`` as the odd but valid files users upload (grayscale, CMYK, transparent, 16-bit, EXIF-rotated,
-    96 megapixels, 4x3 px); returns ``{kind: path}``."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    base = Image.open(photo).convert("RGB")
-    gray = base.convert("L")
-    rgba = base.convert("RGBA")
-    alpha = Image.new("L", base.size, 0)
-    alpha.paste(255, (base.width // 8, base.height // 8, base.width * 7 // 8, base.height * 7 // 8))
-    rgba.putalpha(alpha)
-    palette = rgba.convert("P", palette=Image.Palette.ADAPTIVE, colors=255)
-    palette.info["transparency"] = palette.getpixel((0, 0))
-    exif = Image.Exif()
-    exif[0x0112] = 6  # stored rotated; viewers turn it 90 degrees clockwise
-    files = {
-        "grayscale": (gray, "grayscale.png", {}),
-        "CMYK": (base.convert("CMYK"), "cmyk.jpg", {"quality": 90}),
-        "RGBA": (rgba, "rgba.png", {}),
-        "palette + transparency": (palette, "palette.png", {}),
-        "16-bit grayscale": (Image.fromarray(np.asarray(gray, dtype=np.uint16) * 257), "gray16.png", {}),
-        "EXIF-rotated": (base.transpose(Image.Transpose.ROTATE_90), "exif_rotated.jpg", {"exif": exif}),
-        "very large": (base.resize((12000, 12000 * base.height // base.width)), "very_large.jpg", {"quality": 80}),
-        "very small": (base.resize((4, 3)), "very_small.png", {}),
-    }
-    for image, file_name, options in files.values():
-        image.save(folder / file_name, **options)
-    return {kind: folder / file_name for kind, (_, file_name, _) in files.items()}

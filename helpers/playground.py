@@ -15,7 +15,7 @@ from pathlib import Path
 
 import ipywidgets as widgets
 
-from helpers import chat, data, devices, export, images
+from helpers import chat, data, devices, images, recipes
 from helpers.models import ModelChoice
 
 ANSWER_CLASS = "vlm-answer"
@@ -60,7 +60,7 @@ class Playground:
                  device_list: list[str] | None = None, photo: str = "cat", question: str = chat.DEFAULT_QUESTION,
                  max_new_tokens: int = 48) -> None:
         self.choice = choice
-        self.variants = dict(export.existing_variants(choice) if variants is None else variants)
+        self.variants = dict(recipes.on_disk(choice) if variants is None else variants)
         if not self.variants:
             raise chat.ChatError(f"No exported model of {choice.slug} on disk: "
                                  "run notebook 01 (or export.export_fp32).")
@@ -161,7 +161,7 @@ class Playground:
         except Exception as err:  # a click has no cell to show a traceback in: say what happened in the status
             self._set_status(f"Unexpected problem ({type(err).__name__}): {err}", error=True)
 
-    def ask(self) -> chat.Answer | None:
+    def ask(self) -> chat.Reply | None:
         """The next turn (what Ask does): the question, and the chosen image if the chat hasn't had it yet."""
         self.button.disabled = True
         earlier = _transcript_html(self.conversation.messages)
@@ -206,13 +206,13 @@ def make_playground(choice: ModelChoice, **kwargs) -> Playground:
     return Playground(choice, **kwargs)
 
 
-def tile_explorer(model, processor, image, *, question: str = chat.DEFAULT_QUESTION, low: int = 256,
-                  high: int = 2048, step: int = 128) -> widgets.VBox:
-    """A slider for the longest edge ``image`` is resized to; each move redraws the tiles and measures TTFT."""
+def tile_explorer(model, processor, image, *, question: str = chat.DEFAULT_QUESTION) -> widgets.VBox:
+    """A slider for the longest edge ``image`` is resized to (from half a tile to the processor's own longest edge);
+    each move redraws SmolVLM's tiles and measures the time to first token."""
     import matplotlib.pyplot as plt
 
-    start_value = min(max(int(processor.image_processor.size["longest_edge"]), low), high)
-    slider = widgets.IntSlider(value=start_value, min=low, max=high, step=step, continuous_update=False,
+    tile, high = images.tile_size(processor), int(processor.image_processor.size["longest_edge"])
+    slider = widgets.IntSlider(value=high, min=tile // 2, max=high, step=tile // 4, continuous_update=False,
                                description="Longest edge (px)", style={"description_width": "initial"},
                                layout=widgets.Layout(width="60%"))
     line = widgets.HTML()

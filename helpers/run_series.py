@@ -1,20 +1,19 @@
-"""``make run``: execute every notebook under ``notebooks/`` in order into ``runs/latest/`` (.ipynb and .html),
-recording each one's wall time, peak memory (kernel and children, :class:`helpers.memory.PeakMemory`) and the model
-folders it built in ``run_summary.json``; stops at the first failing notebook, keeping its partial output.
+"""``make run``: execute the notebooks in order into the runs folder (.ipynb and .html), then write ``RESULTS.md``
+from ``results.json``; ``run_summary.json`` records each notebook's time and peak memory, the model folders it
+built, and the install (PyTorch build, size of the virtual environment). Stops at the first failing notebook.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
 
-from helpers import atomic, bench
-from helpers.memory import PeakMemory
+from helpers import machine, report, store
 from helpers.models import ModelUnavailableError, resolve_model, show_banner
-from helpers.paths import REPO_ROOT, models_dir, runs_dir
 
 
 def _folders(parent: Path) -> set[str]:
@@ -31,70 +30,76 @@ def execute_notebook(path: Path, out_dir: Path) -> dict:
 
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=None, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
-    code_cells = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
-    record: dict = {"notebook": path.name, "status": "ok"}
-    sampler = None
+    record: dict = {"notebook": path.name, "status": "ok", "kernel_peak_MB": None}
     start = time.perf_counter()
     try:
-        with client.setup_kernel(), PeakMemory(client.km.provisioner.pid, children=True, interval=0.5) as sampler:
-            for index in tqdm(code_cells, desc=path.stem, unit="cell", file=sys.stdout):
+        with client.setup_kernel():
+            for index in tqdm([i for i, c in enumerate(nb.cells) if c.cell_type == "code"], desc=path.stem,
+                              unit="cell", file=sys.stdout):
                 client.execute_cell(nb.cells[index], index)
+                # the kernel's own high-water mark (VmHWM): its peak resident memory, without sampling
+                record["kernel_peak_MB"] = machine.peak_rss_mb(client.km.provisioner.pid)
             client.set_widgets_metadata()  # so the executed .ipynb and .html show the widgets, not just text
     except CellExecutionError as err:
-        record["status"] = "failed"
-        record["error"] = str(err).strip().splitlines()[-1][:500]
+        record.update(status="failed", error=re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip().splitlines()[-1][:500])
     finally:
         record["seconds"] = round(time.perf_counter() - start, 1)
         out_dir.mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, out_dir / path.name)
-        html, _ = HTMLExporter().from_notebook_node(nb)
-        (out_dir / f"{path.stem}.html").write_text(html)
-    record["peak_memory_MB"] = round(sampler.peak_bytes / 1e6, 1) if sampler else None
-    record["memory_sampler_cpu_s"] = round(sampler.sampler_cpu_s, 3) if sampler else None  # what sampling cost
+        (out_dir / f"{path.stem}.html").write_text(HTMLExporter().from_notebook_node(nb)[0])
     return record
+
+
+def install_facts() -> dict:
+    """Which PyTorch build this environment has (CPU-only, or with CUDA libraries) and how big it is."""
+    import torch
+
+    venv = Path(sys.prefix)
+    size = sum(f.stat().st_size for f in venv.rglob("*") if f.is_file() and not f.is_symlink())
+    return {"torch": torch.__version__, "torch_build": "CPU-only" if torch.version.cuda is None
+            else f"with CUDA {torch.version.cuda} libraries", "venv": str(venv), "venv_GB": round(size / 1e9, 2)}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # the kernels inherit it (helpers/busy.py says why)
-    notebooks = sorted((REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-    if argv:
-        notebooks = [nb for nb in notebooks if any(nb.name.startswith(a) for a in argv)]
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # PyTorch's idle threads sleep (notebook 05 measures why)
+    notebooks = sorted((store.REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    notebooks = [nb for nb in notebooks if not argv or any(nb.name.startswith(a) for a in argv)]
     start = time.perf_counter()
     try:
         choice = resolve_model()  # fail fast, before any kernel starts, with one clear sentence
     except ModelUnavailableError as err:
         print(f"\n{err}\n", file=sys.stderr)
         return 2
-    resolve_s = round(time.perf_counter() - start, 1)  # a stand-in is built here the first time
-    model_folders = models_dir() / choice.slug
-    out_dir = runs_dir()
+    out_dir, model_folders = store.runs_dir(), store.models_dir() / choice.slug
     print(f"Running {len(notebooks)} notebooks with model {choice.slug!r} into {out_dir}")
     if choice.is_standin:
         print(show_banner(choice).text)
+    from helpers.bench import plan_mode
+
     summary = {"model": choice.requested, "resolved": choice.slug, "stand_in": choice.is_standin,
-               "fell_back": choice.fell_back, "resolve_model_s": resolve_s, "plan": bench.plan_mode(), "notebooks": []}
-    cold = not _folders(model_folders)  # cold: this run began with no model folder (the stand-in may be cached)
+               "fell_back": choice.fell_back, "resolve_model_s": round(time.perf_counter() - start, 1),
+               "plan": plan_mode(), "install": install_facts(), "notebooks": []}
+    cold = not _folders(model_folders)  # this run began with no model folder (the stand-in may be cached)
     # `make run NOTEBOOKS=04` after a full run keeps the other notebooks' records of the same model
-    earlier = atomic.read_record(out_dir / "run_summary.json") or {}
-    kept = earlier.get("notebooks", []) if earlier.get("resolved") == choice.slug else []
-    done = []
+    earlier = store.read_json(out_dir / "run_summary.json") or {}
+    done = [r for r in earlier.get("notebooks", []) if earlier.get("resolved") == choice.slug]
     for nb in notebooks:
         before = _folders(model_folders)
         record = execute_notebook(nb, out_dir)
         record.update(cold_start=cold, built=sorted(_folders(model_folders) - before))
-        done.append(record)
-        ran = {r["notebook"] for r in done}
-        summary["notebooks"] = sorted([r for r in kept if r.get("notebook") not in ran] + done,
-                                      key=lambda r: r["notebook"])
-        print(f"  {nb.name}: {record['status']} in {record['seconds']} s, "
-              f"peak memory {record['peak_memory_MB']} MB (RSS)")
+        done = sorted([r for r in done if r.get("notebook") != nb.name] + [record], key=lambda r: r["notebook"])
+        summary["notebooks"] = done
+        print(f"  {nb.name}: {record['status']} in {record['seconds']} s, kernel peak memory "
+              f"{record['kernel_peak_MB']} MB")
         (out_dir / "run_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if record["status"] != "ok":
             print(f"\n{nb.name} failed: {record.get('error', '')}\nSee {out_dir / (nb.stem + '.html')}",
                   file=sys.stderr)
             return 1
-    print(f"All notebooks ran. Open {out_dir} for the executed notebooks and HTML.")
+    written = report.write_markdown()
+    print(f"All notebooks ran. Open {out_dir} for the executed notebooks and HTML"
+          + (f"; the figures are summed up in {written}." if written else "."))
     return 0
 
 

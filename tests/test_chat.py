@@ -1,5 +1,5 @@
 """Asking the model (helpers/chat.py): every bad input ends in the one sentence a user sees; streamed answers
-equal plain ``generate``; conversations keep their turns."""
+equal plain ``generate``, timed by the one token clock; conversations keep their turns."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-from conftest import fake_export, one_sentence
-from helpers import chat, data, images
+from conftest import build_fake_export, one_sentence
+from helpers import chat, data, images, store
 
 CAT, COFFEE = data.photo_path("cat"), data.photo_path("coffee")
 QUESTION = "What is in this image?"
@@ -20,13 +20,17 @@ QUESTION = "What is in this image?"
 def test_missing_variant_names_the_ones_that_exist(tiny, tiny_fp32):
     assert chat.model_folder(tiny, "fp32") == tiny_fp32
     message = one_sentence(chat.ChatError, chat.model_folder, tiny, "int4")
-    assert message.startswith("Variant 'int4' of synthetic-tiny is not on disk") and message.endswith("(fp32).")
+    assert message == (f"Variant 'int4' of synthetic-tiny is not on disk (no complete export in "
+                       f"{tiny_fp32.parent / 'int4'}): make it with notebook 01 or 02, or pick one that exists (fp32).")
 
 
 def test_incomplete_folder_is_refused(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     message = one_sentence(chat.ChatError, chat.load_model, tmp_path)
-    assert message.startswith(f"No complete OpenVINO model in {tmp_path} (missing: ") and "notebook 01" in message
+    assert message == (f"No complete OpenVINO model in {tmp_path} (missing: openvino_language_model.xml, "
+                       "openvino_language_model.bin): run notebook 01 first.")
+    assert one_sentence(chat.ChatError, chat.load_model, tmp_path / "nothing") == (
+        f"No complete OpenVINO model in {tmp_path / 'nothing'} (missing: not built yet): run notebook 01 first.")
 
 
 # --- questions and image places ----------------------------------------------------------------------------
@@ -100,11 +104,14 @@ def test_streamed_answer_equals_plain_generate(tiny_loaded):
 
     pieces = []
     answer = chat.ask(model, processor, QUESTION, [CAT], max_new_tokens=12, on_text=pieces.append)
+    assert isinstance(answer, chat.Reply)
     assert answer.text == expected == "".join(pieces).strip()
-    assert answer.new_tokens == new_ids.shape[1] <= 12
+    assert list(answer.token_ids) == new_ids[0].tolist() and answer.new_tokens == new_ids.shape[1] <= 12
     assert answer.prompt_tokens == inputs["input_ids"].shape[1]
     assert answer.tiles == 13 and answer.image_tokens == 13 * 64
-    assert 0 < answer.ttft_s <= answer.total_s
+    # TTFT from the call to generate; the processor's work apart, in preprocess_s; the total holds both
+    assert answer.preprocess_s > 0 and 0 < answer.ttft_s and 0 <= answer.decode_s
+    assert answer.preprocess_s + answer.ttft_s + answer.decode_s <= answer.total_s
     assert answer.tokens_per_s is None or answer.tokens_per_s > 0
     assert "time to first token" in answer.stats_line() and "tokens/s" in answer.stats_line()
 
@@ -131,7 +138,7 @@ def test_a_failing_model_call_is_raised_not_hung(tiny_loaded, monkeypatch):
     model, processor = tiny_loaded
     inputs = chat.prepare_inputs(processor, chat.user_message(QUESTION), [CAT], longest_edge=512)
 
-    def broken(**kwargs):
+    def broken(*args, **kwargs):
         raise RuntimeError("the device went away")
 
     monkeypatch.setattr(model, "get_multimodal_embeddings", broken)
@@ -139,14 +146,14 @@ def test_a_failing_model_call_is_raised_not_hung(tiny_loaded, monkeypatch):
 
     def run():
         try:
-            chat.stream_answer(model, processor, inputs, max_new_tokens=4)
+            chat.stream(model, processor, inputs, max_new_tokens=4)
         except RuntimeError as err:
             outcome["error"] = str(err)
 
     worker = threading.Thread(target=run, daemon=True)
     worker.start()
     worker.join(timeout=60)
-    assert not worker.is_alive(), "stream_answer hung after the model failed"
+    assert not worker.is_alive(), "stream hung after the model failed"
     assert outcome == {"error": "the device went away"}
 
 
@@ -159,10 +166,13 @@ def test_the_chat_answers_what_generate_answers(tiny_loaded, kind):
     else:
         inputs = chat.prepare_inputs(processor, chat.user_message(QUESTION, n_images=0))
     pieces = []
-    answer = chat.stream_answer(model, processor, inputs, max_new_tokens=12, on_text=pieces.append)
+    answer = chat.stream(model, processor, inputs, max_new_tokens=12, on_text=pieces.append)
     output = model.generate(**inputs, max_new_tokens=12, do_sample=False)[0, inputs["input_ids"].shape[1]:]
     assert answer.text == processor.decode(output, skip_special_tokens=True).strip()
-    assert answer.new_tokens == len(output) and "".join(pieces).strip() == answer.text
+    assert list(answer.token_ids) == output.tolist() and "".join(pieces).strip() == answer.text
+    assert answer.preprocess_s == 0 and answer.total_s >= answer.ttft_s > 0  # nothing preprocessed in the call
+    video = kind == "video"
+    assert answer.tiles == (6 if video else None) and answer.image_tokens == (6 * 64 if video else 0)
 
 
 def test_a_failing_consumer_stops_generation(tiny_loaded):
@@ -179,9 +189,7 @@ def test_a_failing_consumer_stops_generation(tiny_loaded):
 
 
 def test_a_damaged_model_folder_is_named_not_loaded(tmp_path):
-    from helpers import export
-
-    folder = export.build_atomically(tmp_path / "int8", fake_export)
+    folder = build_fake_export(tmp_path / "int8")
     (folder / "openvino_language_model.bin").write_bytes(b"\0" * 3)  # truncated copy
     message = one_sentence(chat.ChatError, chat.load_model, folder)
     assert message == (f"The OpenVINO model in {folder} is damaged or stale (openvino_language_model.bin is 3 bytes "
@@ -236,23 +244,30 @@ def test_a_same_size_corrupted_graph_is_named_by_load_model(tmp_path, tiny_fp32)
     assert message.startswith(f"{xml} is corrupted (not valid XML") and "delete" in message
 
 
-@pytest.mark.parametrize("damage, expected", [
-    ("export_complete.json", "export_complete.json is damaged (not a JSON record of the export)"),
-    ("preprocessor_config.json", "missing: preprocessor_config.json"),
-    ("tokenizer.json", "missing: tokenizer.json"),
-])
-def test_a_folder_missing_its_processor_or_tokenizer_or_with_an_empty_marker_is_named(tmp_path, tiny_fp32, damage,
-                                                                                       expected):
+@pytest.mark.parametrize("damage", [store.MARKER, "preprocessor_config.json", "tokenizer.json"])
+def test_a_folder_missing_its_processor_or_tokenizer_or_with_an_empty_marker_is_named(tmp_path, tiny_fp32, damage):
     import shutil
 
     folder = tmp_path / "fp32"
     shutil.copytree(tiny_fp32, folder)
-    if damage == "export_complete.json":
+    size = (folder / damage).stat().st_size
+    if damage == store.MARKER:
         (folder / damage).write_bytes(b"")  # a 0-byte marker: e.g. a copy cut short
+        problem = f"{store.MARKER} is missing or damaged"
     else:
         (folder / damage).unlink()
+        problem = f"{damage} is missing (it was {size} bytes when written)"
     message = one_sentence(chat.ChatError, chat.load_model, folder)
-    assert expected in message and str(folder) in message
+    assert message == (f"The OpenVINO model in {folder} is damaged or stale ({problem}): delete the folder and run "
+                       "the notebook that made it again.")
+
+
+def test_chat_loads_through_the_compile_cache(tiny_fp32, tmp_path, monkeypatch):
+    monkeypatch.setenv("VLM_CACHE", str(tmp_path / "cache"))
+    chat.load_model(tiny_fp32)
+    assert list((tmp_path / "cache" / "openvino-compiled").rglob("*.blob"))
+    model, processor = chat.load_model(tiny_fp32, compile_cache=False)  # still loads with the cache switched off
+    assert chat.ask(model, processor, QUESTION, max_new_tokens=2).new_tokens >= 1
 
 
 # --- conversations -------------------------------------------------------------------------------------------
@@ -278,3 +293,45 @@ def _with_image(model, processor) -> chat.Conversation:
     talk = chat.Conversation()
     talk.ask(model, processor, QUESTION, [CAT], max_new_tokens=1)
     return talk
+
+
+# --- the token clock and the reply ------------------------------------------------------------------------------
+
+
+def test_token_clock_skips_the_prompt_and_stamps_each_new_token():
+    import torch
+
+    clock = chat.TokenClock()
+    clock.put(torch.tensor([[1, 2, 3, 4]]))  # generate hands over the prompt first
+    clock.put(torch.tensor([7]))
+    clock.put(torch.tensor([8]))
+    clock.end()
+    assert clock.tokens == [7, 8] and len(clock.times) == 2 and clock.times[0] <= clock.times[1]
+    assert clock.pieces == []  # no tokenizer: timing only
+
+
+def test_token_clock_hands_out_the_answer_text(tiny_processor):
+    import torch
+
+    tokenizer, pieces = tiny_processor.tokenizer, []
+    ids = tokenizer(" The cat sleeps on the warm blanket.", add_special_tokens=False)["input_ids"]
+    clock = chat.TokenClock(tokenizer, pieces.append)
+    clock.put(torch.tensor([[1, 2]]))
+    for i in [*ids, tokenizer.convert_tokens_to_ids("<end_of_utterance>")]:
+        clock.put(torch.tensor([i]))
+    clock.end()
+    assert "".join(pieces) == "".join(clock.pieces) and "".join(pieces).strip() == "The cat sleeps on the warm blanket."
+    assert len(clock.times) == len(ids) + 1  # the end of turn is a token too, though it shows no text
+
+
+def test_reply_figures_and_stats_line():
+    reply = chat.Reply(text="A cat.", token_ids=(5, 6, 7), prompt_tokens=900, image_tokens=832, tiles=13,
+                       preprocess_s=0.1, ttft_s=0.5, decode_s=1.0, total_s=1.6)
+    assert reply.new_tokens == 3 and reply.tokens_per_s == 2.0
+    assert reply.stats_line() == ("time to first token 0.50 s · 2.0 tokens/s · 3 new tokens in 1.60 s · prompt 900 "
+                                  "tokens (832 image tokens, 13 tiles)")
+    assert repr(reply) == f"A cat.\n[{reply.stats_line()}]"
+    one = chat.Reply("A", (5,), 20, 0, None, 0.0, 0.2, 0.0, 0.2)
+    assert one.tokens_per_s is None
+    assert one.stats_line() == ("time to first token 0.20 s · tokens/s: n/a (fewer than 2 tokens) · 1 new tokens in "
+                                "0.20 s · prompt 20 tokens (0 image tokens)")

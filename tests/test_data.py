@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from helpers import data
-from helpers.paths import DATA_DIR, REPO_ROOT
+from helpers.data import DATA_DIR
+from helpers.store import REPO_ROOT
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import make_odd_images
 from helpers import data, images
 
 CAT = data.photo_path("cat")
@@ -15,7 +16,7 @@ CAT = data.photo_path("cat")
 
 @pytest.fixture(scope="module")
 def odd_files(tmp_path_factory):
-    return images.make_odd_images(tmp_path_factory.mktemp("odd"), CAT)
+    return make_odd_images(tmp_path_factory.mktemp("odd"), CAT)
 
 
 @pytest.fixture(scope="module")
@@ -224,6 +225,19 @@ def test_load_video_errors(tmp_path):
 
 
 # --- tiles -------------------------------------------------------------------------------------------------
+
+
+def test_the_tile_size_is_read_from_the_processor(tiny_processor):
+    from dataclasses import replace
+
+    from helpers import standins
+
+    assert images.tile_size(tiny_processor) == 512  # SmolVLM2-256M and 500M
+    spec = replace(standins.SPECS["synthetic-tiny"], tile=384, patch=14, scale_factor=3, longest_edge=1536)
+    large = standins.build_processor(tiny_processor.tokenizer, spec)  # SmolVLM2-2.2B's geometry
+    assert images.tile_size(large) == 384 and large.image_seq_len == 81
+    assert images.tile_size(tiny_processor.tokenizer) is None  # no image processor: no tiles
+    assert images.tile_size(object()) is None
 
 
 def test_tiles_match_what_the_processor_puts_in_the_prompt(tiny_processor):

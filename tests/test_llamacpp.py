@@ -1,4 +1,4 @@
-"""llama.cpp beside OpenVINO (helpers.llamacpp): conversion to GGUF, a photo answered through llama.cpp's mtmd,
+"""llama.cpp beside OpenVINO (helpers.deep.llamacpp): conversion to GGUF, a photo answered through llama.cpp's mtmd,
 exact token counts, and the same prompt tokens as transformers' processor, all on the tiny stand-in (random
 weights, SmolLM2's real tokenizer, which llama.cpp's SmolVLM image wrapper needs).
 """
@@ -18,8 +18,8 @@ except ImportError:
     pytest.skip("llama-cpp-python is not installed (it is built from source; see the Makefile)",
                 allow_module_level=True)
 
-from helpers import bench, chat, data, images, llamacpp
-from helpers.paths import models_dir
+from helpers import bench, chat, data, images, store
+from helpers.deep import llamacpp
 
 
 def _token_ids(p: llamacpp.Prompt, image_token_id: int) -> list[int]:
@@ -43,7 +43,7 @@ def _token_ids(p: llamacpp.Prompt, image_token_id: int) -> list[int]:
 @pytest.fixture(scope="module")
 def gguf(tiny):
     """The tiny model converted into this module's models folder: (GGUF folder, the models folder)."""
-    return llamacpp.convert(tiny, threads=2), models_dir()
+    return llamacpp.convert(tiny), store.models_dir()
 
 
 @pytest.fixture(scope="module")
@@ -53,16 +53,26 @@ def model(gguf):
     m.close()
 
 
-def test_chat_text_is_the_processors_prompt(tiny_processor):
-    assert llamacpp.chat_text("What is in this image?", True) == chat.prompt_text(tiny_processor,
-                                                                                 "What is in this image?", 1)
-    assert llamacpp.chat_text("Hi?", False) == chat.prompt_text(tiny_processor, "Hi?")
+QUESTION = "What is in this image?"
 
 
-def test_a_tokenizer_without_the_image_wrapper_tokens_is_refused_with_a_reason(tmp_path):
+def test_the_build_is_this_cpus_with_its_own_thread_pool():
+    info = llamacpp.system_info()
+    assert "CPU :" in info and "OPENMP = 1" not in info
+    assert llamacpp.threading().startswith("llama.cpp's own thread pool")
+    flags = set(open("/proc/cpuinfo").read().split("flags")[1].split("\n")[0].split())
+    if {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd"} <= flags:  # built for the AVX-512 this CPU has
+        assert "AVX512 = 1" in info
+    assert "AMX" not in info  # AMX off: it traps on some AMX machines and serves prompts only
+
+
+def test_a_tokenizer_without_the_image_wrapper_tokens_is_refused_with_a_reason(tmp_path, tiny_standin):
+    import shutil
+
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
+    shutil.copy(tiny_standin / "config.json", tmp_path / "config.json")
     words = ["\n", "<fake_token_around_image>", "<global-img>", "[UNK]"]
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Split("\n", "isolated")
@@ -75,9 +85,14 @@ def test_every_standin_tokenizer_has_the_image_wrapper_tokens(tiny_standin):
     llamacpp.check_tokenizer(tiny_standin)  # raises if one is missing
 
 
-def test_workload_image_tokens():
-    assert llamacpp.image_tokens_for_edge(bench.WORKLOADS["blog"].longest_edge) == 64
-    assert llamacpp.image_tokens_for_edge(bench.WORKLOADS["photo"].longest_edge) is None
+def test_another_architecture_is_skipped_with_one_sentence(tmp_path, tiny_standin):
+    import json
+
+    config = json.loads((tiny_standin / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": "llava"}))
+    with pytest.raises(llamacpp.LlamaCppUnsupported, match="converts only SmolVLM models to GGUF, and this one is a "
+                                                           "'llava'"):
+        llamacpp.check_tokenizer(tmp_path)
 
 
 @pytest.mark.slow
@@ -85,20 +100,18 @@ def test_conversion_files_and_skip(gguf, tiny, monkeypatch, capsys):
     folder, models = gguf
     assert folder == models / tiny.slug / "gguf"
     names = {p.name for p in folder.iterdir()}
-    assert names == {"model-f16.gguf", "model-q8_0.gguf", "model-q4_0.gguf", "mmproj-f16.gguf", llamacpp.MARKER}
-    assert llamacpp.problems(folder) == []
-    for name in names - {llamacpp.MARKER}:
+    assert names == {"model-f16.gguf", "model-q8_0.gguf", "model-q4_0.gguf", "mmproj-f16.gguf", store.MARKER}
+    assert store.problems(folder) == []
+    for name in names - {store.MARKER}:
         assert (folder / name).read_bytes()[:4] == b"GGUF"
     sizes = {n: (folder / llamacpp.lm_file(n)).stat().st_size for n in llamacpp.LM_TYPES}
     assert sizes["f16"] > sizes["q8_0"] > sizes["q4_0"]
 
     from gguf import GGUFReader
 
-    types = {t.tensor_type.name for t in GGUFReader(folder / "model-q4_0.gguf").tensors}
-    assert "Q4_0" in types
+    assert "Q4_0" in {t.tensor_type.name for t in GGUFReader(folder / "model-q4_0.gguf").tensors}
     assert GGUFReader(folder / llamacpp.MMPROJ).get_field("clip.projector_type").contents() == "idefics3"
-
-    assert llamacpp.read_marker(folder)["standin"]["name"] == "synthetic-tiny"
+    assert store.record(folder)["facts"]["standin_version"] is not None  # made from a stand-in: rebuilt with it
     before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
     monkeypatch.setenv("VLM_MODELS_DIR", str(models))
     capsys.readouterr()
@@ -108,90 +121,77 @@ def test_conversion_files_and_skip(gguf, tiny, monkeypatch, capsys):
 
 
 @pytest.mark.slow
-def test_answers_a_photo(model):
-    text = llamacpp.answer(model, "What is in this image?", data.photo_path("cat"), max_new_tokens=8)
-    assert isinstance(text, str) and text  # random weights: any text, but some
-
-
-@pytest.mark.slow
 @pytest.mark.parametrize("photo", ["cat", None])
-def test_exactly_n_new_tokens(model, photo):
-    p = llamacpp.prompt(model, "Describe this image in detail.", data.photo_path(photo) if photo else None)
+def test_exactly_n_new_tokens(model, tiny_processor, photo):
+    p = llamacpp.prompt(model, tiny_processor, "Describe this image in detail.", data.photo_path(photo) if photo else None)
     tokens, times, start, end = llamacpp.generate(model, p, 12, min_new_tokens=12)
     assert len(tokens) == len(times) == 12 and start < times[0] <= times[-1] <= end
     figures = llamacpp.time_generation(model, p, 6)
     assert set(figures) == {"ttft_s", "tpot_s", "decode_tok_s", "e2e_s"}
-    assert all(v > 0 for v in figures.values())
-    assert figures["ttft_s"] < figures["e2e_s"]
+    assert all(v > 0 for v in figures.values()) and figures["ttft_s"] < figures["e2e_s"]
     assert figures["decode_tok_s"] == pytest.approx(1 / figures["tpot_s"])
 
 
 @pytest.mark.slow
-def test_tiles_and_tokens_match_transformers(model, tiny):
-    from transformers import AutoProcessor
-
-    processor = AutoProcessor.from_pretrained(tiny.source)
-    question = "What is in this image?"
+def test_tiles_and_tokens_match_transformers(model, tiny_processor):
     image = images.load_image(data.photo_path("cat"))
-    hf = chat.question_inputs(processor, question, image)
-    p = llamacpp.prompt(model, question, image)
-    image_token = processor.tokenizer.convert_tokens_to_ids("<image>")
+    hf = chat.question_inputs(tiny_processor, QUESTION, image)
+    p = llamacpp.prompt(model, tiny_processor, QUESTION, image)
+    image_token = tiny_processor.tokenizer.convert_tokens_to_ids("<image>")
     assert p.facts["image_tiles"] == hf["pixel_values"].shape[1] == 13  # 4x3 tiles + the global view
-    assert p.facts["image_tokens"] == 13 * 64
+    assert p.facts["image_tokens"] == 13 * tiny_processor.image_seq_len
     assert _token_ids(p, image_token) == hf["input_ids"][0].tolist()
-    # The blog's one 512x512 tile: transformers makes 1 image; llama.cpp's nearest setting makes a tile + global view.
-    one = llamacpp.prompt(model, question, data.photo_path("astronaut"), max_image_tokens=64).facts
-    assert (one["image_tiles"], one["image_tokens"]) == (2, 128)
+    # The blog's one tile: transformers makes 1 image; llama.cpp's nearest setting makes a tile + the global view.
+    one = llamacpp.prompt(model, tiny_processor, QUESTION, data.photo_path("astronaut"),
+                          max_image_tokens=tiny_processor.image_seq_len).facts
+    assert (one["image_tiles"], one["image_tokens"]) == (2, 2 * tiny_processor.image_seq_len)
 
 
 @pytest.mark.slow
-def test_measure_contender_record(gguf):
-    workloads = {"text": dataclasses.replace(bench.WORKLOADS["text"], new_tokens=4)}
-    record, seen = llamacpp.measure_contender(gguf[0], "q4_0", 2, workloads, warmup=0, iterations={"text": 2},
-                                            then=lambda m: m.lm_type)
-    assert seen == "q4_0" and "error" not in record
-    assert record["backend"] == "llama.cpp" and record["threads"] == 2 and record["load_compile_s"] > 0
-    assert record["peak_rss_MB"] >= record["rss_before_MB"] > 0
-    figures = record["workloads"]["text"]
-    assert figures["ttft_s"]["n"] == 2 and figures["facts"]["image_tiles"] == 0
-    # every tensor but the input embedding: less than the file, more than half of it (the output head alone is
-    # as large as the embedding)
-    assert 0.3 * record["gguf_size_MB"] < record["lm_bytes_per_token_MB"] < record["gguf_size_MB"]
+def test_the_workloads_get_the_processors_image_token_budget(model, tiny_processor):
+    prepared = bench.prepare_workloads(tiny_processor, 1024)
+    ours = llamacpp.prepare(model, tiny_processor, prepared)
+    assert set(ours) == set(prepared)
+    assert ours["text"].facts["image_tokens"] == 0 and ours["text"].facts["max_image_tokens"] is None
+    assert ours["photo"].facts["max_image_tokens"] == prepared["photo"].facts["image_tokens"]
+    figures = bench.run_workload(model, ours["text"], 0, 2, timer=llamacpp.time_generation)
+    assert figures["ttft_s"]["n"] == 2 and figures["decode_tok_s"]["median"] > 0
+
+
+def test_without_the_build_the_notebook_is_told_what_to_do(monkeypatch):
+    from importlib import metadata
+
+    def not_installed(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(llamacpp, "version", not_installed)
+    with pytest.raises(llamacpp.LlamaCppUnsupported) as err:
+        llamacpp.require()
+    assert str(err.value) == ("llama.cpp is not built in this environment: run `make llamacpp` once (4 to 8 minutes "
+                              "on 2 cores), then run this notebook again.")
 
 
 @pytest.mark.slow
-def test_a_missing_file_is_recorded_not_raised(gguf, tmp_path):
-    import shutil
-
-    broken = tmp_path / "gguf"
-    shutil.copytree(gguf[0], broken)
-    (broken / llamacpp.MMPROJ).write_bytes(b"GGUF")
-    record, seen = llamacpp.measure_contender(broken, "q8_0", 2, {}, then=lambda m: "loaded")
-    assert seen is None and "error" in record and "workloads" not in record
-
-
-@pytest.mark.slow
-def test_quality_against_the_pytorch_reference(gguf, tiny, tiny_processor):
+def test_quality_against_the_pytorch_baseline(gguf, tiny, tiny_processor):
     import torch
     from transformers import AutoModelForImageTextToText
 
     from helpers import quality
 
-    samples = quality.eval_samples(tiny_processor, 1) + quality.text_samples(tiny_processor, 1)
-    reference_model = AutoModelForImageTextToText.from_pretrained(tiny.source, dtype=torch.float32).eval()
-    reference = quality.run(reference_model, tiny_processor, samples, 6)
+    samples = quality.samples(tiny_processor, 1, 1, images.tile_size(tiny_processor))
+    baseline_model = AutoModelForImageTextToText.from_pretrained(tiny.source, dtype=torch.float32).eval()
+    baseline = quality.answer_all(baseline_model, tiny_processor, samples, 6)
     m = llamacpp.load(gguf[0], "f16", threads=2, n_ctx=2048)
     try:
-        answers = llamacpp.run_quality(m, samples, 6, reference)
+        answers = llamacpp.answer_all(m, tiny_processor, samples, 6, baseline)
         forced: list = []
-        tokens, _, _, _ = llamacpp.generate(m, llamacpp.prompt(m, samples[1].question), 99,
-                                            force=reference[1].tokens, logits=forced)
+        tokens = llamacpp.generate(m, llamacpp.prompt(m, tiny_processor, samples[1].question), 99,
+                                   force=baseline[1].tokens, logits=forced)[0]
     finally:
         m.close()
-    assert tokens == reference[1].tokens and len(forced) == len(tokens)
+    assert tokens == baseline[1].tokens and len(forced) == len(tokens)
     assert [len(a.tokens) >= 1 for a in answers] == [True, True]
     for a in answers:
         assert 0.0 <= a.scores["token_agreement"] <= 1.0 and a.scores["kl_mean"] >= 0.0
     # the same weights in F16 on the same text prompt: llama.cpp's next-token distributions are PyTorch's
-    text = answers[1].scores
-    assert text["kl_mean"] < 1e-3
+    assert answers[1].scores["kl_mean"] < 1e-3

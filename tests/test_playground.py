@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import absent_device
-from helpers import chat, data, playground
+from conftest import absent_device, one_sentence
+from helpers import chat, data, images, playground, recipes
 
 
 def _all_widgets(widget):
@@ -18,6 +18,12 @@ def _all_widgets(widget):
 @pytest.fixture
 def pg(tiny, tiny_fp32):
     return playground.make_playground(tiny)
+
+
+def test_the_playground_offers_the_variants_on_disk_and_says_when_there_is_none(tiny, tiny_fp32):
+    assert playground.Playground(tiny).variants == recipes.on_disk(tiny) == {"fp32": tiny_fp32}
+    message = one_sentence(chat.ChatError, playground.Playground, tiny, variants={})
+    assert message == "No exported model of synthetic-tiny on disk: run notebook 01 (or export.export_fp32)."
 
 
 def test_playground_has_the_widgets_the_browser_test_needs(pg):
@@ -36,7 +42,7 @@ def test_playground_has_the_widgets_the_browser_test_needs(pg):
 
 def test_playground_ask_streams_an_answer_with_timings(pg):
     answer = pg.ask()
-    assert isinstance(answer, chat.Answer) and answer.new_tokens >= 1
+    assert isinstance(answer, chat.Reply) and answer.new_tokens >= 1
     area = [w for w in _all_widgets(pg.widget) if "vlm-answer" in w._dom_classes]
     assert len(area) == 1 and area[0] is pg.answer
     assert "time to first token" in pg.answer.value and "tokens/s" in pg.answer.value
@@ -71,7 +77,6 @@ def test_playground_upload(pg):
     assert pg.ask().tiles == 17  # the upload is used: a square photo makes 4x4 tiles + global view (cat.jpg: 13)
 
 
-
 def test_the_playground_is_a_multi_turn_chat_with_a_clear_button(pg):
     first = pg.ask()
     pg.question.value = "Tell me more."
@@ -83,4 +88,21 @@ def test_the_playground_is_a_multi_turn_chat_with_a_clear_button(pg):
     assert pg.conversation.turns == 0 and "Cleared" in pg.status.value
     pg.image.value = playground.NO_IMAGE
     text_only = pg.ask()
-    assert text_only.tiles == 0 and text_only.image_tokens == 0 and not pg.conversation.images
+    assert text_only.tiles is None and text_only.image_tokens == 0 and not pg.conversation.images
+
+
+def test_the_tile_explorer_slides_from_half_a_tile_to_the_processors_longest_edge(tiny_loaded):
+    import ipywidgets as widgets
+
+    model, processor = tiny_loaded
+    explorer = playground.tile_explorer(model, processor, images.load_image(data.photo_path("cat")),
+                                        question="What is this?")
+    slider, line, figure = explorer.children
+    assert isinstance(slider, widgets.IntSlider) and isinstance(figure, widgets.Image)
+    assert (slider.min, slider.max, slider.step, slider.value) == (256, 2048, 128, 2048)  # tile 512, edge 2048
+    assert "longest edge 2048 px: 3x4 tiles + 1 global view of 512x512 px = 13 x 64 = 832 image tokens" in line.value
+    assert "time to first token" in line.value and bytes(figure.value).startswith(b"\x89PNG")
+    first = bytes(figure.value)
+    slider.value = 512
+    assert "longest edge 512 px: 1 tile (no split) of 512x512 px = 1 x 64 = 64 image tokens" in line.value
+    assert "time to first token" in line.value and bytes(figure.value) != first

@@ -17,7 +17,7 @@ from helpers import export, models, prefetch
 def test_prefetch_then_run_offline(monkeypatch, tmp_path, tiny_standin):
     monkeypatch.setenv("VLM_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("VLM_MODELS_DIR", str(tmp_path / "models"))
-    monkeypatch.setattr(prefetch, "hub_status", lambda repo_id: "ok")
+    monkeypatch.setattr(models, "hub_status", lambda repo_id: "ok")
     fetched = []
 
     def fake_hub_download(repo_id, local_dir):

@@ -1,6 +1,6 @@
 """Decoding while another program keeps one core busy, with and without ``OMP_WAIT_POLICY=PASSIVE`` (which stops
 PyTorch's idle OpenMP threads spinning; OpenVINO's llm_bench recommends it). The policy is read when PyTorch
-starts, so each measurement runs in a fresh process (:data:`_PROBE`). Notebook 04 explains the background.
+starts, so each measurement runs in a fresh process (:data:`_PROBE`). Notebook 05 explains the background.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ import json, subprocess, sys, time
 import torch  # as in every notebook: PyTorch's OpenMP pool starts with the policy of this process
 from optimum.intel import OVModelForVisualCausalLM
 from transformers import AutoProcessor
-from helpers import bench, chat, hardware
+from helpers import bench, chat, machine
 
 folder, threads, new_tokens, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 torch.set_num_threads(threads)
 processor = AutoProcessor.from_pretrained(folder)
 inputs = chat.question_inputs(processor, "Write a short story about a cat.")
-model = OVModelForVisualCausalLM.from_pretrained(folder, device="CPU", ov_config=hardware.openvino_config(threads))
+model = OVModelForVisualCausalLM.from_pretrained(folder, device="CPU", ov_config=machine.openvino_config(threads))
 
 
 def decode_tok_s():
