@@ -230,12 +230,3 @@ def measure(model, prepared: dict[str, PreparedWorkload], plan: Plan) -> dict:
     """What notebook 04 records of a loaded contender: its precision and threads, and each workload's timings."""
     return {"precision": runtime_precision(model), "threading": threading(model),
             "workloads": {name: run_workload(model, p, plan.warmup, plan.iterations) for name, p in prepared.items()}}
-
-
-def summary_line(key: str, record: dict) -> str:
-    """One line per contender: load time, TTFT on the photo and decode speed on text, or the error."""
-    if "error" in record:
-        return f"{key:22s} {record['error']}"
-    w = record["workloads"]
-    return (f"{key:22s} load {record['load_s']:.1f} s · photo TTFT {w['photo']['ttft_s']['median']:.2f} s · "
-            f"text {w['text']['decode_tok_s']['median']:.1f} tok/s · computes in {record['precision']}")

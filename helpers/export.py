@@ -156,18 +156,3 @@ def check_ir(folder: Path) -> Path:
 def ir_size_bytes(folder: Path) -> int:
     """Size on disk of the submodels (.xml + .bin), the figure the source blog reports."""
     return sum(x.stat().st_size + b.stat().st_size for x, b in ir_files(folder).values())
-
-
-def describe_submodels(folder: Path):
-    """One row per submodel: inputs, outputs (names and shapes), operation count, size on disk."""
-    import openvino as ov
-    import pandas as pd
-
-    rows = {}
-    for name, (xml, weights) in ir_files(folder).items():
-        model = ov.Core().read_model(xml)
-        rows[name] = {"inputs": ", ".join(f"{p.get_any_name()} {p.get_partial_shape()}" for p in model.inputs),
-                      "outputs": ", ".join(f"{p.get_any_name()} {p.get_partial_shape()}" for p in model.outputs),
-                      "operations": len(model.get_ops()),
-                      "size_MB": round((xml.stat().st_size + weights.stat().st_size) / 1e6, 2)}
-    return pd.DataFrame(rows).T.rename_axis("submodel")

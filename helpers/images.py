@@ -239,17 +239,3 @@ def plot_tiles(tiles: Tiles, title: str = ""):
     fig.suptitle(title or tiles.summary(), fontsize=9)
     fig.tight_layout()
     return fig
-
-
-def plot_frames(frames: np.ndarray, indices, fps: float):
-    """Figure: the video frames at ``indices`` in a row, each titled with its time stamp."""
-    import matplotlib.pyplot as plt
-
-    indices = list(indices)
-    fig, axes = plt.subplots(1, len(indices), figsize=(2.2 * len(indices), 2.0), squeeze=False)
-    for ax, index in zip(axes[0], indices):
-        ax.imshow(frames[index])
-        ax.set_title(f"frame {index} ({index / fps:.1f} s)", fontsize=8)
-        ax.axis("off")
-    fig.tight_layout()
-    return fig

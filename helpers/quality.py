@@ -247,12 +247,3 @@ def summary_table(scores: dict[str, dict]):
                                 "quality vs baseline": "baseline" if row["baseline"] else verdict(row)}
                           for key, row in scores.items()}).T
     return table.dropna(axis=1, how="all")
-
-
-def answers_table(answers: dict[str, list[EvalAnswer]], samples: list[Sample], limit: int = 4, kind: str = "text"):
-    """The first ``limit`` questions of ``kind`` with each contender's answer (a DataFrame)."""
-    import pandas as pd
-
-    chosen = [(i, s) for i, s in enumerate(samples) if s.kind == kind][:limit]
-    return pd.DataFrame([{"question": s.question, "expected": s.expected, **{k: a[i].text for k, a in answers.items()}}
-                         for i, s in chosen])

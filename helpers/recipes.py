@@ -196,23 +196,8 @@ def changed_weights(a: Path, b: Path, submodel: str = "language_model") -> int:
     return sum(not np.array_equal(first[name], second[name]) for name in first.keys() & second.keys())
 
 
-def size_table(folders: dict[str, Path]):
-    """MB on disk (.xml + .bin) per variant and submodel, the total, and how many times smaller than FP32."""
-    import pandas as pd
-
-    table = pd.DataFrame({v: {name: (x.stat().st_size + b.stat().st_size) / 1e6 for name, (x, b)
-                              in export.ir_files(f).items()} for v, f in folders.items()}).T
-    table["total"] = table.sum(axis=1)
-    table["x smaller than fp32"] = table.loc["fp32", "total"] / table["total"]
-    return table.rename_axis("variant").round(2)
 
 
-def cost_table(folders: dict[str, Path]):
-    """Time and peak memory each variant's build took, as its ``build.json`` recorded them."""
-    import pandas as pd
-
-    return pd.DataFrame({v: {k: (store.record(f) or {}).get(k) for k in ("seconds", "peak_rss_MB", "built")}
-                         for v, f in folders.items()}).T.rename_axis("variant")
 
 
 def on_disk(choice: ModelChoice) -> dict[str, Path]:

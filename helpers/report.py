@@ -1,5 +1,5 @@
-"""``results.json`` (every figure notebooks 04 and 05 measure), the tables, the recommendation, and ``RESULTS.md``,
-which ``make run`` writes from it. :mod:`helpers.bench` measures; this module only arranges what was measured.
+"""``results.json`` (every figure notebooks 04 and 05 measure), the tables and the recommendation (``make run``
+writes ``RESULTS.md`` from them). :mod:`helpers.bench` measures; this module only arranges what was measured.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from helpers import quality, store
 
-RESULTS_FILE, RESULTS_MD = "results.json", "RESULTS.md"
+RESULTS_FILE = "results.json"
 # The source blog's table (Hugging Face, "Get your VLM running in 3 simple steps on Intel CPUs", Oct 2025): Core
 # Ultra 7 265K, 20 cores, OpenVINO 2025.2, one 512x512 tile, 16 new tokens.
 SOURCE = {"pytorch-fp32": {"ttft_s": 5.15, "decode_tok_s": 0.72}, "openvino-fp32": {"ttft_s": 0.420,
@@ -113,50 +113,3 @@ def source_comparison(results: dict) -> list[dict]:
                          "source": round(SOURCE[num][figure] / SOURCE[den][figure], 2),
                          "ours": round(ours[0] / ours[1], 2) if all(ours) else None})
     return rows
-
-
-def _markdown_table(table) -> str:
-    def cell(v) -> str:
-        return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else \
-            f"{v:.3g}" if isinstance(v, float) else str(v)
-
-    header = [table.index.name or "", *map(str, table.columns)]
-    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
-    return "\n".join(lines + ["| " + " | ".join([str(i), *map(cell, row)]) + " |" for i, row in table.iterrows()])
-
-
-def markdown(results: dict) -> str:
-    """``RESULTS.md``: the machine, each workload's speed table, quality, the recommendation, the source's ratios,
-    and notebook 05's limits where it ran."""
-    import pandas as pd
-
-    m, model = results.get("machine", {}), results.get("model", {})
-    parts = [f"# Results of `make run` ({results.get('created', '')})",
-             f"Model `{model.get('slug')}`{' (stand-in: ' + model.get('note', '') + ')' if model.get('stand_in') else ''}"
-             f"; {m.get('cpu_model')}, {m.get('threads_used')} threads, OpenVINO computes in "
-             f"{', '.join(m.get('openvino_capabilities', []))}; plan `{results.get('plan', {}).get('mode')}`; "
-             f"medians of the timed calls. Versions: "
-             + ", ".join(f"{k} {v}" for k, v in results.get("versions", {}).items()) + "."]
-    for name, facts in results.get("workloads", {}).items():
-        parts += [f"## {name}: {facts['description']} ({facts['prompt_tokens']} prompt tokens)",
-                  _markdown_table(speed_table(results, name).drop(columns=["error"], errors="ignore"))]
-    if results.get("quality"):
-        parts += ["## Quality against the baseline (95% intervals over the questions)",
-                  _markdown_table(quality.summary_table(results["quality"]))]
-    parts += ["## Which one to pick", recommendation_text(results)]
-    if results.get("contenders"):
-        parts += ["## The source's speed-ups beside ours (blog workload)",
-                  _markdown_table(pd.DataFrame(source_comparison(results)).set_index("comparison"))]
-    for section, rows in results.get("deep_dives", {}).get("tables", {}).items():
-        parts += [f"## {section} (notebook 05)", _markdown_table(pd.DataFrame(rows).T.rename_axis(""))]
-    return "\n\n".join(parts) + "\n"
-
-
-def write_markdown(results_path: Path | None = None) -> Path | None:
-    """Write ``RESULTS.md`` beside ``results.json`` (``make run`` does, after the notebooks); ``None`` without one."""
-    results = load(results_path)
-    if not results.get("contenders"):
-        return None
-    path = Path(results_path or store.runs_dir() / RESULTS_FILE).with_name(RESULTS_MD)
-    path.write_text(markdown(results))
-    return path

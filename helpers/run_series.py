@@ -6,13 +6,14 @@ built, and the install (PyTorch build, size of the virtual environment). Stops a
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import sys
 import time
 from pathlib import Path
 
-from helpers import machine, report, store
+from helpers import machine, quality, report, store
 from helpers.models import ModelUnavailableError, resolve_model, show_banner
 
 
@@ -60,6 +61,53 @@ def install_facts() -> dict:
             else f"with CUDA {torch.version.cuda} libraries", "venv": str(venv), "venv_GB": round(size / 1e9, 2)}
 
 
+def _markdown_table(table) -> str:
+    def cell(v) -> str:
+        return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else \
+            f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    header = [table.index.name or "", *map(str, table.columns)]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join([str(i), *map(cell, row)]) + " |" for i, row in table.iterrows()])
+
+
+def results_markdown(results: dict) -> str:
+    """``RESULTS.md``: the machine, each workload's speed table, quality, the recommendation, the source's ratios,
+    and notebook 05's limits where it ran."""
+    import pandas as pd
+
+    m, model = results.get("machine", {}), results.get("model", {})
+    parts = [f"# Results of `make run` ({results.get('created', '')})",
+             f"Model `{model.get('slug')}`{' (stand-in: ' + model.get('note', '') + ')' if model.get('stand_in') else ''}"
+             f"; {m.get('cpu_model')}, {m.get('threads_used')} threads, OpenVINO computes in "
+             f"{', '.join(m.get('openvino_capabilities', []))}; plan `{results.get('plan', {}).get('mode')}`; "
+             f"medians of the timed calls. Versions: "
+             + ", ".join(f"{k} {v}" for k, v in results.get("versions", {}).items()) + "."]
+    for name, facts in results.get("workloads", {}).items():
+        parts += [f"## {name}: {facts['description']} ({facts['prompt_tokens']} prompt tokens)",
+                  _markdown_table(report.speed_table(results, name).drop(columns=["error"], errors="ignore"))]
+    if results.get("quality"):
+        parts += ["## Quality against the baseline (95% intervals over the questions)",
+                  _markdown_table(quality.summary_table(results["quality"]))]
+    parts += ["## Which one to pick", report.recommendation_text(results)]
+    if results.get("contenders"):
+        parts += ["## The source's speed-ups beside ours (blog workload)",
+                  _markdown_table(pd.DataFrame(report.source_comparison(results)).set_index("comparison"))]
+    for section, rows in results.get("deep_dives", {}).get("tables", {}).items():
+        parts += [f"## {section} (notebook 05)", _markdown_table(pd.DataFrame(rows).T.rename_axis(""))]
+    return "\n\n".join(parts) + "\n"
+
+
+def write_results_markdown(results_path: Path | None = None) -> Path | None:
+    """Write ``RESULTS.md`` beside ``results.json`` (after the notebooks); ``None`` when there is no result yet."""
+    results = report.load(results_path)
+    if not results.get("contenders"):
+        return None
+    path = Path(results_path or store.runs_dir() / report.RESULTS_FILE).with_name("RESULTS.md")
+    path.write_text(results_markdown(results))
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # PyTorch's idle threads sleep (notebook 05 measures why)
@@ -97,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n{nb.name} failed: {record.get('error', '')}\nSee {out_dir / (nb.stem + '.html')}",
                   file=sys.stderr)
             return 1
-    written = report.write_markdown()
+    written = write_results_markdown()
     print(f"All notebooks ran. Open {out_dir} for the executed notebooks and HTML"
           + (f"; the figures are summed up in {written}." if written else "."))
     return 0

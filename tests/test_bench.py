@@ -13,7 +13,7 @@ import weakref
 import pytest
 
 from conftest import check_results
-from helpers import bench, images, machine, quality, report
+from helpers import bench, images, machine, quality, report, run_series
 from helpers.store import REPO_ROOT
 
 
@@ -204,7 +204,6 @@ def test_a_contender_that_fails_to_load_is_recorded_with_the_reason(capsys):
     assert record["error"] == "OSError: no such checkpoint" and "load_s" not in record
     assert record["peak_rss_MB"] > 0 and 0 <= record["other_processes_cpu_share"] <= 1
     assert "pytorch-fp32 failed: OSError: no such checkpoint" in capsys.readouterr().out
-    assert bench.summary_line("pytorch-fp32", record) == f"{'pytorch-fp32':22s} OSError: no such checkpoint"
 
 
 class _Model:
@@ -253,13 +252,6 @@ def test_a_contender_that_would_crash_openvino_is_recorded_not_loaded(tiny_fp32,
     assert "workloads" not in record
 
 
-def test_the_summary_line_of_a_measured_contender():
-    figure = lambda v: {"median": v, "min": v, "max": v, "n": 1}  # noqa: E731
-    record = {"load_s": 1.234, "precision": "bfloat16",
-              "workloads": {"photo": {"ttft_s": figure(0.456)}, "text": {"decode_tok_s": figure(61.25)}}}
-    assert bench.summary_line("openvino-int8", record) == (
-        "openvino-int8          load 1.2 s · photo TTFT 0.46 s · text 61.2 tok/s · computes in bfloat16")
-
 
 # --- notebook 04 in miniature ----------------------------------------------------------------------------------
 
@@ -301,4 +293,4 @@ def test_notebook_04_in_miniature_writes_a_complete_results_file(tiny, tiny_fp32
     assert check_results(loaded, ["openvino-broken"], []) == [
         f"contenders.openvino-broken was not measured: {records['openvino-broken']['error']}"]
     assert set(loaded["quality"]) == {"pytorch-fp32", "openvino-fp32"} and loaded["quality"]["pytorch-fp32"]["baseline"]
-    assert report.write_markdown(path) == path.with_name("RESULTS.md")
+    assert run_series.write_results_markdown(path) == path.with_name("RESULTS.md")

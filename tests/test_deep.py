@@ -155,3 +155,11 @@ def test_a_profile_names_the_kernels_that_ran(tiny_fp32, tiny_processor):
 def test_a_fraction_is_kept_as_measured():
     assert limits.fraction(1.5, 1.0) == 1.5  # above 1: the yardstick is wrong, and the notebook says so
     assert limits.fraction(1.0, None) is None
+
+
+def test_a_fraction_above_one_is_found_wherever_it_is_recorded():
+    results = {"bandwidth": {"bound": {"openvino-int4": {"fraction": 0.3}, "llamacpp-q4_0": {"fraction": 1.2}}},
+               "compute": {"contenders": {"mixed": {"of measured peak": 1.01, "of documented peak": 0.9,
+                                                    "vision GFLOP/s": 600.0}}}}
+    assert limits.breaches(results) == ["bandwidth.bound.llamacpp-q4_0.fraction: 1.2",
+                                        "compute.contenders.mixed.of measured peak: 1.01"]

@@ -84,10 +84,12 @@ def test_submodels_are_found_from_the_files(tmp_path):
 
 def test_tiny_model_exports_with_three_submodels(tiny):
     dest = export.export_fp32(tiny)
-    table = export.describe_submodels(dest)
-    assert list(table.index) == SUBMODELS == list(export.ir_files(dest))
-    assert (table["operations"] > 0).all()
-    assert export.ir_size_bytes(dest) == pytest.approx(table["size_MB"].sum() * 1e6, rel=0.05)
+    import openvino as ov
+
+    assert list(export.ir_files(dest)) == SUBMODELS
+    assert all(len(ov.Core().read_model(xml).get_ops()) > 0 for xml, _ in export.ir_files(dest).values())
+    assert export.ir_size_bytes(dest) == sum(x.stat().st_size + b.stat().st_size
+                                             for x, b in export.ir_files(dest).values())
     assert standins.record(dest)["name"] == "synthetic-tiny"  # the stand-in label survives export
     facts = store.record(dest)["facts"]
     assert facts == export.facts(tiny.source) == export.facts(dest)

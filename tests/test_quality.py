@@ -264,15 +264,3 @@ def test_paired_difference_tells_a_real_gain_from_noise():
     assert accuracy["ci"][0] <= 0 <= accuracy["ci"][1]
     assert "text_accuracy" not in quality.paired_difference({"plain": plain, "better": better}, text, "better",
                                                            "plain", text_accuracy=False)
-
-
-def test_answers_table_sets_each_contenders_answer_beside_the_question():
-    questions = [quality.Sample("photo", "What animal is this?", "a cat", None, photo="cat")] + [
-        quality.Sample("text", f"question {i}?", f"answer {i}", None) for i in range(5)]
-    answers = {"a": [quality.EvalAnswer([1], f"a{i}") for i in range(6)],
-               "b": [quality.EvalAnswer([1], f"b{i}") for i in range(6)]}
-    table = quality.answers_table(answers, questions, limit=3)
-    assert list(table.columns) == ["question", "expected", "a", "b"]
-    assert table.values.tolist() == [[f"question {i}?", f"answer {i}", f"a{i + 1}", f"b{i + 1}"] for i in range(3)]
-    assert quality.answers_table(answers, questions, kind="photo").values.tolist() == [
-        ["What animal is this?", "a cat", "a0", "b0"]]

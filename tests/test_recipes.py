@@ -268,16 +268,13 @@ def test_calibration_sees_one_tile_per_photo_and_the_ranges_can_be_compared(tiny
     assert all(low < high for low, high in ranges.values())
 
 
-def test_cost_and_size_tables_describe_the_built_variants(tiny):
+def test_each_variant_records_its_build_cost_and_is_smaller_than_fp32(tiny):
     folders = {v: recipes.build(tiny, v) for v in ("fp32", "int8", "int4")}
-    sizes = recipes.size_table(folders)
-    assert list(sizes.index) == ["fp32", "int8", "int4"]
-    assert sizes.loc["fp32", "x smaller than fp32"] == 1.0
-    assert sizes.loc["int8", "total"] < sizes.loc["fp32", "total"]
-    assert sizes.loc["fp32", "total"] == pytest.approx(export.ir_size_bytes(folders["fp32"]) / 1e6, abs=0.01)
-    costs = recipes.cost_table(folders)
-    assert list(costs.index) == ["fp32", "int8", "int4"] and list(costs.columns) == ["seconds", "peak_rss_MB", "built"]
-    assert (costs["seconds"] > 0).all() and (costs["peak_rss_MB"] > 0).all() and costs["built"].notna().all()
+    for folder in folders.values():
+        record = store.record(folder)
+        assert record["seconds"] > 0 and record["peak_rss_MB"] > 0 and record["built"]
+    assert export.ir_size_bytes(folders["int4"]) < export.ir_size_bytes(folders["int8"]) < \
+        export.ir_size_bytes(folders["fp32"])
 
 
 def test_on_disk_lists_the_finished_variants_in_order(tiny, tmp_path, monkeypatch):

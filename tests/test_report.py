@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import check_results
-from helpers import quality, report
+from helpers import quality, report, run_series
 
 WORKLOADS = ("blog", "photo", "text")
 
@@ -211,7 +211,7 @@ def test_markdown_has_the_machine_the_tables_the_pick_and_the_sources_ratios():
     results = _results()
     results["contenders"]["openvino-int4"] = {"error": "RuntimeError: crashed"}
     results["deep_dives"] = {"tables": {"Where the time goes": {"openvino-fp32": {"vision (s)": 0.25}}}}
-    text = report.markdown(results)
+    text = run_series.results_markdown(results)
     sections = text.split("\n\n")
     assert sections[0] == "# Results of `make run` (2025-10-15 12:00:00)"
     assert sections[1] == ("Model `synthetic-tiny` (stand-in: a stand-in); a CPU, 2 threads, OpenVINO computes in "
@@ -233,7 +233,7 @@ def test_markdown_has_the_machine_the_tables_the_pick_and_the_sources_ratios():
 
 def test_results_md_is_written_beside_the_results(tmp_path):
     path = report.save(_results(), tmp_path / "results.json")
-    written = report.write_markdown(path)
-    assert written == tmp_path / "RESULTS.md" and written.read_text() == report.markdown(report.load(path))
+    written = run_series.write_results_markdown(path)
+    assert written == tmp_path / "RESULTS.md" and written.read_text() == run_series.results_markdown(report.load(path))
     empty = report.save({"created": "now", "contenders": {}}, tmp_path / "empty" / "results.json")
-    assert report.write_markdown(empty) is None and not (tmp_path / "empty" / "RESULTS.md").exists()
+    assert run_series.write_results_markdown(empty) is None and not (tmp_path / "empty" / "RESULTS.md").exists()

@@ -83,8 +83,8 @@ def test_make_run_executes_the_notebooks_in_order_and_keeps_earlier_records(tmp_
     assert summary["plan"] == "quick" and summary["install"]["venv_GB"] > 0
     assert [r["notebook"] for r in summary["notebooks"]] == ["01_first.ipynb", "02_second.ipynb"]
     assert all(r["status"] == "ok" and r["kernel_peak_MB"] > 0 and r["built"] == [] for r in summary["notebooks"])
-    markdown = tmp_path / "run" / report.RESULTS_MD
-    assert markdown.read_text() == report.markdown(report.load(tmp_path / "run" / report.RESULTS_FILE))
+    markdown = tmp_path / "run" / "RESULTS.md"
+    assert markdown.read_text() == run_series.results_markdown(report.load(tmp_path / "run" / report.RESULTS_FILE))
     assert f"the figures are summed up in {markdown}." in out
 
     assert run_series.main(["03"]) == 1  # a failing notebook stops the run, its record beside the earlier ones

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from helpers import store
+
 _PROBE = r"""
 import json, subprocess, sys, time
 import torch  # as in every notebook: PyTorch's OpenMP pool starts with the policy of this process
@@ -56,7 +58,7 @@ def decode_with_a_busy_core(folder: Path, threads: int, wait_policy: str | None,
     if wait_policy:
         env["OMP_WAIT_POLICY"] = wait_policy
     done = subprocess.run([sys.executable, "-c", _PROBE, str(folder), str(threads), str(new_tokens), str(seconds)],
-                          capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parent.parent,
+                          capture_output=True, text=True, env=env, cwd=store.REPO_ROOT,
                           timeout=1800)
     if done.returncode != 0:
         raise RuntimeError(f"the busy-core measurement failed:\n{done.stderr.strip()[-1500:]}")

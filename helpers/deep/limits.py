@@ -231,3 +231,17 @@ def prefill_flops(text_config, tokens: int) -> int:
 def fraction(measured: float, limit: float | None) -> float | None:
     """``measured / limit``, kept as measured: above 1 means the yardstick is wrong, and notebook 05 says so."""
     return None if not limit or math.isnan(limit) else measured / limit
+
+
+def breaches(results: dict, path: str = "") -> list[str]:
+    """Every recorded fraction of a limit above 1 in ``results`` (keys that say ``fraction`` or ``of ... peak``), as
+    ``"path: value"``: each one a yardstick to find and fix, never a figure to print or clip."""
+    found = []
+    for key, value in results.items() if isinstance(results, dict) else ():
+        where = f"{path}.{key}" if path else str(key)
+        if isinstance(value, dict):
+            found += breaches(value, where)
+        elif isinstance(value, (int, float)) and ("fraction" in str(key) or "peak" in str(key) and "of" in str(key)) \
+                and value > 1:
+            found.append(f"{where}: {value:.3g}")
+    return found
