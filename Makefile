@@ -109,7 +109,8 @@ lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/
 
 # A kit for a classroom: on one machine with internet, every wheel the course installs (for this platform and
-# Python; PyTorch's CPU-only build where its index answers), llama.cpp's source archive, the model as `make prefetch`
+# Python; PyTorch's CPU-only build where its index answers; a package PyPI has only as source, e.g. docopt, is built
+# into a wheel here, so that laptops need no build tools for it), llama.cpp's source archive, the model as `make prefetch`
 # fetches it (when the Hub answers), and a README. Written to $(KIT).partial, renamed into place when complete.
 KIT_DIR := $(or $(KIT),kit)
 kit: override KIT :=
@@ -119,8 +120,8 @@ kit: $(STAMP)
 _kit:
 	@rm -rf "$(KIT_DIR).partial"; mkdir -p "$(KIT_DIR).partial/wheels" "$(KIT_DIR).partial/cache/llama.cpp"
 	@start=$$(date +%s); $(PACKAGE_SOURCE); \
-	$(PY) $(PIP) download $$SOURCE -r $(REQUIREMENTS) -d "$(KIT_DIR).partial/wheels" && \
-	$(PY) $(PIP) download $$SOURCE --no-deps -r $(NO_DEPS_REQUIREMENTS) -d "$(KIT_DIR).partial/wheels" && \
+	$(PY) $(PIP) wheel $$SOURCE -r $(REQUIREMENTS) -w "$(KIT_DIR).partial/wheels" && \
+	$(PY) $(PIP) wheel $$SOURCE --no-deps -r $(NO_DEPS_REQUIREMENTS) -w "$(KIT_DIR).partial/wheels" && \
 	{ cp $(LLAMA_SDIST) "$(KIT_DIR).partial/cache/llama.cpp/" 2>/dev/null || $(PY) $(PIP) download --no-binary :all: \
 		--no-deps llama-cpp-python==$(LLAMA_CPP_VERSION) -d "$(KIT_DIR).partial/cache/llama.cpp"; } || \
 		{ rm -rf "$(KIT_DIR).partial"; echo "The kit could not be downloaded (see above); nothing half-made was kept." >&2; exit 1; }; \

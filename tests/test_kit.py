@@ -17,7 +17,7 @@ import pytest
 
 from helpers import store
 
-SMALL = ["six==1.16.0", "filelock==4.3.1", "setuptools==84.2.1"]
+SMALL = ["six==1.16.0", "docopt==0.6.2", "setuptools==84.2.1"]  # docopt: PyPI has its source only
 
 
 def _make(*args, env=None, timeout=900) -> subprocess.CompletedProcess:
@@ -49,7 +49,7 @@ def small_kit(tmp_path_factory):
 def test_a_kit_holds_the_wheels_llama_cpp_and_says_what_it_is(small_kit):
     kit = small_kit / "kit"
     wheels = {p.name.split("-")[0].lower() for p in (kit / "wheels").iterdir()}
-    assert {"six", "filelock", "setuptools"} <= wheels
+    assert {"six", "docopt", "setuptools"} <= wheels and all(p.suffix == ".whl" for p in (kit / "wheels").iterdir())
     assert list((kit / "cache" / "llama.cpp").glob("llama_cpp_python-*.tar.gz"))
     facts = json.loads((kit / "kit.json").read_text())
     assert facts["python"] == "%d.%d" % sys.version_info[:2] and facts["platform"]
@@ -67,7 +67,7 @@ def test_a_fresh_environment_installs_from_the_kit_with_no_network(small_kit, tm
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **env}, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Installing from the kit" in done.stdout
-    check = subprocess.run([venv / "bin" / "python", "-c", "import six, filelock, helpers; print(six.__version__)"],
+    check = subprocess.run([venv / "bin" / "python", "-c", "import six, docopt, helpers; print(six.__version__)"],
                            capture_output=True, text=True)
     assert check.stdout.strip() == "1.16.0", check.stderr
     assert (tmp_path / "cache" / "llama.cpp").is_dir()  # the kit's llama.cpp sources, where `make llamacpp` looks
