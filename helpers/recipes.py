@@ -67,12 +67,14 @@ def _facts(choice: ModelChoice, variant: str, config=None) -> dict:
 
 def calibration_processor(fp32: Path) -> Path:
     """A copy of ``fp32``'s processor that makes one tile of each photo (its longest edge set to the model's own
-    tile size), for calibrating the mixed recipe in minutes rather than a quarter of an hour."""
+    tile size), for calibrating the mixed recipe in minutes rather than a quarter of an hour; a processor that
+    cuts no tiles is copied as it is."""
     from transformers import AutoProcessor
 
     def make(folder: Path) -> None:
         processor = AutoProcessor.from_pretrained(fp32)
-        processor.image_processor.size = {"longest_edge": images.tile_size(processor)}
+        if images.tile_size(processor):
+            processor.image_processor.size = {"longest_edge": images.tile_size(processor)}
         processor.save_pretrained(folder)
 
     return store.build(fp32.parent / "calibration-processor", make, facts=export.facts(fp32), quiet=True)
