@@ -73,7 +73,7 @@ class Workload:
     photo: str | None  # a photo of data/images, by stem; None: a text-only prompt
     question: str
     new_tokens: int
-    longest_edge: int | str | None  # resize the photo to this edge; "tile": one tile; None: the processor's own
+    longest_edge: int | str | None  # resize the photo to this edge; "tile": one tile (if any); None: its own
     description: str
 
 
@@ -102,7 +102,7 @@ def prepare_workloads(processor, photo_edge: int | None = None) -> dict[str, Pre
     prepared = {}
     for name, w in WORKLOADS.items():
         image = images.load_image(data.photo_path(w.photo)) if w.photo else None
-        edge = (images.tile_size(processor) or 512) if w.longest_edge == "tile" else w.longest_edge
+        edge = images.tile_size(processor) if w.longest_edge == "tile" else w.longest_edge
         edge = photo_edge if name == "photo" and photo_edge else edge
         seconds = []
         for _ in range(3):

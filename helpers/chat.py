@@ -114,8 +114,8 @@ def _plural(n: int, word: str) -> str:
 def prepare_inputs(processor, messages: list[dict], image_list: Sequence[images.ImageSource] = (), video=None, *,
                    longest_edge: int | None = None):
     """Model inputs for ``messages`` (chat template, then processor) with ``image_list`` or one ``video`` (a path,
-    or ``images.load_video``'s output). ``longest_edge`` resizes images first (SmolVLM: 512 px is one tile).
-    Raises :class:`ChatError` when the images don't match the places the prompt has for them."""
+    or ``images.load_video``'s output). ``longest_edge`` resizes images first (SmolVLM: :func:`images.tile_size` is
+    one tile). Raises :class:`ChatError` when the images don't match the places the prompt has for them."""
     image_list = check_image_list(image_list)
     if longest_edge is not None:
         longest_edge = check_count("longest_edge", longest_edge, images.MIN_EDGE, images.MAX_EDGE)

@@ -56,18 +56,22 @@ def check_supported(choice: ModelChoice) -> str:
 
     import optimum.intel.openvino  # noqa: F401  (registers the OpenVINO exporter's model types)
 
-    config = AutoConfig.from_pretrained(choice.source)
     try:
-        tasks = TasksManager.get_supported_tasks_for_model_type(config.model_type, exporter="openvino",
-                                                                library_name="transformers")
+        config = AutoConfig.from_pretrained(choice.source)
+        model_type, vision = config.model_type, hasattr(config, "vision_config")
+    except ValueError:  # a model type this transformers does not know, or a config.json without one
+        model_type, vision = (store.read_json(Path(choice.source) / "config.json") or {}).get("model_type"), False
+    try:
+        tasks = TasksManager.get_supported_tasks_for_model_type(model_type, exporter="openvino",
+                                                                library_name="transformers") if model_type else {}
     except KeyError:
         tasks = {}
-    if TASK not in tasks or not hasattr(config, "vision_config"):
+    if TASK not in tasks or not vision:
         raise UnsupportedModelError(
-            f"{choice.requested} is a {config.model_type!r} model, which optimum-intel {version('optimum-intel')} "
-            f"cannot export as a vision-language model: the course runs {TASK} models such as SmolVLM, LLaVA, "
-            "Qwen2-VL or Gemma 3.")
-    return config.model_type
+            f"{choice.requested} (model type {model_type or 'not given'}) is not a model optimum-intel "
+            f"{version('optimum-intel')} can export as a vision-language model: the course runs {TASK} models "
+            "such as SmolVLM, LLaVA, Qwen2-VL or Gemma 3.")
+    return model_type
 
 
 def convert_to_ir(source: str, folder: Path) -> None:

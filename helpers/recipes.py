@@ -12,8 +12,9 @@ from helpers.models import ModelChoice
 
 VARIANTS = ("fp32", "int8", "int4", "int4-awq", "int4-ratio", "mixed", "mixed-int4")
 TEXT_CALIBRATED = ("int4-awq", "int4-ratio")  # calibrated on text prompts (data/calibration_text.jsonl)
-# Put together from other variants' submodels, no quantizer run: {submodel: the variant it comes from}. Each recipe
-# quantizes each submodel on its own, so this is what one recipe with both settings would make.
+# Put together from other variants' submodels, no quantizer run: {submodel: the variant it comes from} (the other
+# parts of a vision encoder, e.g. Qwen2-VL's merger, go with vision_embeddings_model). Each recipe quantizes each
+# submodel on its own, so this is what one recipe with both settings would make.
 COMBINED = {"mixed-int4": {"vision_embeddings_model": "mixed", "text_embeddings_model": "int4",
                            "language_model": "int4"}}
 
@@ -65,14 +66,25 @@ def _facts(choice: ModelChoice, variant: str, config=None) -> dict:
     return export.facts(choice.source, recipe=json.dumps(config.to_dict(), sort_keys=True, default=str))
 
 
+def vision_encoder(folder: Path) -> list[str]:
+    """The submodels of an IR folder that make its vision encoder, the ones optimum-intel runs as vision embeddings:
+    ``vision_embeddings_model``, and for some architectures more (Qwen2-VL: ``vision_embeddings_merger_model``)."""
+    from optimum.intel.openvino.modeling_visual_language import MODEL_PARTS_CLS_MAPPING, OVVisionEmbedding
+
+    return [name for name in export.ir_files(folder)
+            if MODEL_PARTS_CLS_MAPPING.get(name.removesuffix("_model")) is OVVisionEmbedding]
+
+
 def calibration_processor(fp32: Path) -> Path:
     """A copy of ``fp32``'s processor that makes one tile of each photo (its longest edge set to the model's own
-    tile size), for calibrating the mixed recipe in minutes rather than a quarter of an hour."""
+    tile size), for calibrating the mixed recipe in minutes rather than a quarter of an hour; a processor that
+    cuts no tiles is copied as it is."""
     from transformers import AutoProcessor
 
     def make(folder: Path) -> None:
         processor = AutoProcessor.from_pretrained(fp32)
-        processor.image_processor.size = {"longest_edge": images.tile_size(processor)}
+        if images.tile_size(processor):
+            processor.image_processor.size = {"longest_edge": images.tile_size(processor)}
         processor.save_pretrained(folder)
 
     return store.build(fp32.parent / "calibration-processor", make, facts=export.facts(fp32), quiet=True)
@@ -119,6 +131,9 @@ def build(choice: ModelChoice, variant: str, *, config=None, force: bool = False
             model = OVModelForVisualCausalLM.from_pretrained(fp32, compile=False)
             if variant == "mixed":  # static: calibrated on our photos, one tile each
                 config.processor = config.tokenizer = str(calibration_processor(fp32))
+                for name in vision_encoder(fp32):  # every part of the vision encoder, as vision_embeddings_model
+                    config.quantization_configs.setdefault(name, config.quantization_configs[
+                        "vision_embeddings_model"].clone())
                 rows = data.load_calibration_dataset(config.num_samples)
                 config.num_samples = len(rows)
             else:
@@ -135,11 +150,15 @@ def build(choice: ModelChoice, variant: str, *, config=None, force: bool = False
 def combine(choice: ModelChoice, variant: str, *, force: bool = False) -> Path:
     """Build :data:`COMBINED` ``variant`` by copying each submodel's IR files from the variant it comes from (built
     first if missing); rebuilt when one of those was rebuilt since (the files' sizes and times say so)."""
-    parts = COMBINED[variant]
-    sources = {name: build(choice, source) for name, source in parts.items()}
+    named = COMBINED[variant]
+    built = {source: build(choice, source) for source in dict.fromkeys(named.values())}
+    base, vision = built[named["language_model"]], vision_encoder(built[named["vision_embeddings_model"]])
+    # every submodel: the rest of the vision encoder as vision_embeddings_model, any other as the language model
+    parts = {name: named.get(name, named["vision_embeddings_model" if name in vision else "language_model"])
+             for name in export.ir_files(base)}
+    sources = {name: built[source] for name, source in parts.items()}
     made_of = {f"{parts[name]}/{path.name}": [path.stat().st_size, path.stat().st_mtime_ns]
                for name, source in sources.items() for path in export.ir_files(source)[name]}
-    base = sources["language_model"]
 
     def make(folder: Path) -> None:
         for path in base.iterdir():
