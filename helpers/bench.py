@@ -197,8 +197,8 @@ def free_memory() -> None:
 
 
 @contextmanager
-def measuring(record: dict, load: Callable[[], Any]) -> Iterator[Any]:
-    """``with measuring(record, load) as model:`` times ``load()`` into ``record["load_s"]``, then records the peak
+def measuring(record: dict, load: Callable[[], Any], name: str = "this contender") -> Iterator[Any]:
+    """``with measuring(record, load, name) as model:`` times ``load()`` into ``record["load_s"]``, then records the peak
     memory and the share of the CPU other programs took while the block ran, and frees the model at the end. A
     failure, loading or in the block, is recorded as ``record["error"]`` (the model is then ``None``): one broken
     contender must not cost the whole run."""
@@ -217,9 +217,9 @@ def measuring(record: dict, load: Callable[[], Any]) -> Iterator[Any]:
                 record["error"] = f"{type(err).__name__}: {err}"
         record.update(peak_rss_MB=memory["peak_rss_MB"], other_processes_cpu_share=round(others.share, 3))
         if "error" in record:
-            print(f"{record.get('label', 'this contender')} failed: {record['error']}")
+            print(f"{name} failed: {record['error']}")
         elif others.share > 0.15:
-            print(f"Note: other programs took {others.share:.0%} of the CPU while {record.get('label')} was measured; "
+            print(f"Note: other programs took {others.share:.0%} of the CPU while {name} was measured; "
                   "its figures are slower than on a quiet machine.")
     finally:
         model = None

@@ -96,7 +96,7 @@ class Playground:
         controls = widgets.VBox([widgets.HBox([self.image, self.upload]), self.question,
                                  widgets.HBox([self.variant, self.device]), self.max_new_tokens,
                                  widgets.HBox([self.button, self.clear_button])])
-        title = widgets.HTML(f"<b>SmolVLM playground</b> · {html.escape(choice.slug)}{html.escape(note)}")
+        title = widgets.HTML(f"<b>Playground</b> · {html.escape(choice.slug)}{html.escape(note)}")
         self.widget = widgets.VBox([title, widgets.HBox([controls, self.preview]), self.status, self.answer_box])
         self.button.on_click(self._on_click)
         self.clear_button.on_click(lambda _button: self.clear())

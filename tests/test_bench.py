@@ -198,8 +198,8 @@ def test_a_contender_that_fails_to_load_is_recorded_with_the_reason(capsys):
     def load():
         raise OSError("no such checkpoint")
 
-    record = {"label": "pytorch-fp32"}
-    with bench.measuring(record, load) as model:
+    record = {}
+    with bench.measuring(record, load, "pytorch-fp32") as model:
         assert model is None
     assert record["error"] == "OSError: no such checkpoint" and "load_s" not in record
     assert record["peak_rss_MB"] > 0 and 0 <= record["other_processes_cpu_share"] <= 1
@@ -218,8 +218,8 @@ def test_a_failure_inside_the_block_is_recorded_and_the_model_freed(capsys):
         loaded.append(weakref.ref(model))
         return model
 
-    record = {"label": "openvino-int8"}
-    with bench.measuring(record, load):  # (no `as`: this test keeps no reference of its own)
+    record = {}
+    with bench.measuring(record, load, "openvino-int8"):  # (no `as`: this test keeps no reference of its own)
         raise MemoryError("out of memory while answering")
     assert record["error"] == "MemoryError: out of memory while answering" and record["load_s"] > 0
     assert loaded[0]() is None  # freed at the end of the block
