@@ -195,3 +195,12 @@ def test_quality_against_the_pytorch_baseline(gguf, tiny, tiny_processor):
         assert 0.0 <= a.scores["token_agreement"] <= 1.0 and a.scores["kl_mean"] >= 0.0
     # the same weights in F16 on the same text prompt: llama.cpp's next-token distributions are PyTorch's
     assert answers[1].scores["kl_mean"] < 1e-3
+
+
+@pytest.mark.slow
+def test_decoding_with_a_busy_core_runs_llama_cpp_too(gguf, tiny):
+    from helpers.deep import busy
+
+    figures = busy.decode_with_a_busy_core(gguf[0], 2, "PASSIVE", new_tokens=4, seconds=0.5,
+                                           processor_folder=tiny.source)
+    assert figures["idle_tok_s"] > 0 and figures["busy_tok_s"] > 0 and figures["wait_policy"] == "PASSIVE"

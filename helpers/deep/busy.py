@@ -22,16 +22,23 @@ from helpers import bench, chat, machine
 
 folder, threads, new_tokens, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 torch.set_num_threads(threads)
-processor = AutoProcessor.from_pretrained(folder)
-inputs = chat.question_inputs(processor, "Write a short story about a cat.")
-model = OVModelForVisualCausalLM.from_pretrained(folder, device="CPU", ov_config=machine.openvino_config(threads))
+if sys.argv[5] == "llamacpp":  # the GGUF folder of helpers.deep.llamacpp.convert; the prompt in the model's template
+    from helpers.deep import llamacpp
+
+    processor = AutoProcessor.from_pretrained(sys.argv[6])
+    model = llamacpp.load(folder, "q4_0", threads)
+    inputs, timer = llamacpp.prompt(model, processor, "Write a short story about a cat."), llamacpp.time_generation
+else:
+    processor = AutoProcessor.from_pretrained(folder)
+    inputs, timer = chat.question_inputs(processor, "Write a short story about a cat."), bench.time_generation
+    model = OVModelForVisualCausalLM.from_pretrained(folder, device="CPU", ov_config=machine.openvino_config(threads))
 
 
 def decode_tok_s():
-    bench.time_generation(model, inputs, new_tokens)  # warm-up
+    timer(model, inputs, new_tokens)  # warm-up
     runs, start = [], time.perf_counter()
     while not runs or time.perf_counter() - start < seconds:
-        runs.append(bench.time_generation(model, inputs, new_tokens)["decode_tok_s"])
+        runs.append(timer(model, inputs, new_tokens)["decode_tok_s"])
     return sorted(runs)[len(runs) // 2]
 
 
@@ -50,14 +57,17 @@ print(json.dumps({"idle_tok_s": idle, "busy_tok_s": busy}))
 
 
 def decode_with_a_busy_core(folder: Path, threads: int, wait_policy: str | None, *, new_tokens: int = 32,
-                            seconds: float = 5.0) -> dict:
-    """Median decode tokens/s of the IR in ``folder`` on a text prompt, idle (``idle_tok_s``) and with one core
+                            seconds: float = 5.0, processor_folder: Path | None = None) -> dict:
+    """Median decode tokens/s of the IR in ``folder`` (or, with ``processor_folder``, of llama.cpp's Q4_0 GGUF in
+    ``folder``, prompted with that folder's processor) on a text prompt, idle (``idle_tok_s``) and with one core
     kept busy (``busy_tok_s``), in a fresh process with ``OMP_WAIT_POLICY=wait_policy`` (``None``: unset); each
     from the generations that fit in ``seconds``. ``loss``: the share of the idle speed the busy core cost."""
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     if wait_policy:
         env["OMP_WAIT_POLICY"] = wait_policy
-    done = subprocess.run([sys.executable, "-c", _PROBE, str(folder), str(threads), str(new_tokens), str(seconds)],
+    runtime = ["llamacpp", str(processor_folder)] if processor_folder else ["openvino"]
+    done = subprocess.run([sys.executable, "-c", _PROBE, str(folder), str(threads), str(new_tokens), str(seconds),
+                           *runtime],
                           capture_output=True, text=True, env=env, cwd=store.REPO_ROOT,
                           timeout=1800)
     if done.returncode != 0:
