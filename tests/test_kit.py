@@ -124,3 +124,13 @@ def test_pytorch_comes_from_its_cpu_index_when_it_answers(tmp_path, answers):
         assert done.stdout.splitlines()[0] == (f"PyTorch's CPU-only index ({url}) does not answer: installing PyPI's "
                                                "build, whose NVIDIA CUDA libraries add about 4 GB that a CPU never "
                                                "uses.")
+
+
+@pytest.mark.parametrize("target, builds_llama", [
+    (["lab"], False), (["run", "NOTEBOOKS=01 02 03 04"], False), (["run", "NOTEBOOKS=05"], True), (["run"], True),
+    (["test"], True)])
+def test_llama_cpp_is_built_only_where_it_is_used(target, builds_llama):
+    """What each target would do from a fresh clone (`make -n -B`: every step printed, nothing run)."""
+    done = _make("-n", "-B", *target)
+    assert done.returncode == 0, done.stderr
+    assert ("Building llama-cpp-python" in done.stdout) is builds_llama
