@@ -79,7 +79,8 @@ class Workload:
 
 WORKLOADS = {
     "blog": Workload("blog", "astronaut", "What is in this image?", 16, "tile",
-                     "the source's setup: one tile (SmolVLM2-256M: 512x512, 64 image tokens), exactly 16 new tokens"),
+                     "the source's setup: one tile where the model cuts tiles (the source's SmolVLM2-256M: 512x512 px, "
+                     "64 image tokens), exactly 16 new tokens"),
     "photo": Workload("photo", "cat", "Describe this image in detail.", 64, None,
                       "a real photo tiled as the processor tiles it, 64 new tokens"),
     "text": Workload("text", None, "Write a short story about a cat who watches the stars at night.", 64, None,
@@ -198,8 +199,8 @@ def free_memory() -> None:
 
 @contextmanager
 def measuring(record: dict, load: Callable[[], Any], name: str = "this contender") -> Iterator[Any]:
-    """``with measuring(record, load, name) as model:`` times ``load()`` into ``record["load_s"]``, then records the peak
-    memory and the share of the CPU other programs took while the block ran, and frees the model at the end. A
+    """``with measuring(record, load, name) as model:`` times ``load()`` into ``record["load_s"]``, then records the
+    peak memory and the share of the CPU other programs took while the block ran, and frees the model at the end. A
     failure, loading or in the block, is recorded as ``record["error"]`` (the model is then ``None``): one broken
     contender must not cost the whole run."""
     model = None

@@ -71,7 +71,8 @@ def decode_with_a_busy_core(folder: Path, threads: int, wait_policy: str | None,
                           capture_output=True, text=True, env=env, cwd=store.REPO_ROOT,
                           timeout=1800)
     if done.returncode != 0:
-        raise RuntimeError(f"the busy-core measurement failed:\n{done.stderr.strip()[-1500:]}")
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise RuntimeError(f"The busy-core measurement failed in its own process ({last}).")
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     figures["loss"] = 1.0 - figures["busy_tok_s"] / figures["idle_tok_s"]
     figures["wait_policy"] = wait_policy or "unset (OpenMP default)"
