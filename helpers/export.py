@@ -143,8 +143,9 @@ def check_ir(folder: Path) -> Path:
 
     folder = Path(folder)
     fix = f"delete {folder} and run the notebook that made it again (it rebuilds missing variants)"
-    if problems(folder):
-        raise CorruptIRError(f"{folder} is not a usable export: {'; '.join(problems(folder))}; {fix}.")
+    found = problems(folder)
+    if found:
+        raise CorruptIRError(f"{folder} is not a usable export: {'; '.join(found)}; {fix}.")
     for xml, weights in ir_files(folder).values():
         try:
             root = ET.parse(xml).getroot()

@@ -5,7 +5,6 @@ writes ``RESULTS.md`` from them). :mod:`helpers.bench` measures; this module onl
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 

@@ -5,7 +5,6 @@ built, and the install (PyTorch build, size of the virtual environment). Stops a
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -140,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         summary["notebooks"] = done
         print(f"  {nb.name}: {record['status']} in {record['seconds']} s, kernel peak memory "
               f"{record['kernel_peak_MB']} MB")
-        (out_dir / "run_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        report.save(summary, out_dir / "run_summary.json")  # atomically, as results.json
         if record["status"] != "ok":
             print(f"\n{nb.name} failed: {record.get('error', '')}\nSee {out_dir / (nb.stem + '.html')}",
                   file=sys.stderr)

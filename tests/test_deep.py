@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import bench, export, images, machine
+from helpers import bench, images, machine
 from helpers.deep import busy, limits, stages
 
 

@@ -5,7 +5,6 @@ weights, SmolLM2's real tokenizer, which llama.cpp's SmolVLM image wrapper needs
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import pytest
