@@ -215,10 +215,6 @@ def changed_weights(a: Path, b: Path, submodel: str = "language_model") -> int:
     return sum(not np.array_equal(first[name], second[name]) for name in first.keys() & second.keys())
 
 
-
-
-
-
 def on_disk(choice: ModelChoice) -> dict[str, Path]:
     """``{variant: folder}`` of the finished IR variants of ``choice`` on disk, in :data:`VARIANTS` order."""
     return {v: export.variant_dir(choice, v) for v in VARIANTS if export.is_complete(export.variant_dir(choice, v))}

@@ -252,7 +252,6 @@ def test_a_contender_that_would_crash_openvino_is_recorded_not_loaded(tiny_fp32,
     assert "workloads" not in record
 
 
-
 # --- notebook 04 in miniature ----------------------------------------------------------------------------------
 
 
