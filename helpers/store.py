@@ -20,6 +20,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MARKER = "build.json"
+NEARLY_FULL_BYTES = 64 * 2**20  # a build that fails with less than this free on its disk failed for lack of space
 
 
 def models_dir() -> Path:
@@ -191,8 +192,12 @@ def build(dest: Path, make: Callable[[Path], None], *, facts: dict | None = None
             marker = {"facts": facts or {}, "files": files, **cost, "built": time.strftime("%Y-%m-%d %H:%M:%S")}
             (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         except BaseException as err:
+            # A library that writes through C++ streams (OpenVINO's save_model) reports a full disk without an errno
+            # ("basic_ios::clear: iostream error"): a disk with next to nothing free says it, before tmp is freed.
+            full = isinstance(err, Exception) and shutil.disk_usage(tmp.parent).free < NEARLY_FULL_BYTES
             shutil.rmtree(tmp, ignore_errors=True)
-            problem = disk_error(dest, err) if isinstance(err, OSError) else None
+            cause = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) if full and not isinstance(err, OSError) else err
+            problem = disk_error(dest, cause) if isinstance(cause, OSError) else None
             if problem is not None:
                 raise problem from None
             raise

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -127,6 +128,20 @@ def test_a_disk_that_fills_up_mid_build_is_said_and_leaves_nothing(tmp_path, mon
                               "space (e.g. `make clean-models`) or set VLM_MODELS_DIR to a folder on a larger disk, "
                               "then run again.")
     assert not dest.exists() and not (tmp_path / "fp32.partial").exists()
+
+
+def test_a_full_disk_reported_without_an_errno_is_said_too(tmp_path, monkeypatch):
+    """OpenVINO's save_model says only "basic_ios::clear: iostream error" when the disk runs full."""
+    monkeypatch.setenv("VLM_MODELS_DIR", str(tmp_path))
+    dest = tmp_path / "fp32"
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(store.shutil, "disk_usage", lambda path: usage._replace(free=store.NEARLY_FULL_BYTES - 1))
+    with pytest.raises(store.InsufficientDiskSpaceError, match=r"^The disk ran full while writing "):
+        build_fake_export(dest, _fake_export_then(RuntimeError("basic_ios::clear: iostream error")))
+    assert not dest.exists() and not (tmp_path / "fp32.partial").exists()
+    monkeypatch.setattr(store.shutil, "disk_usage", lambda path: usage._replace(free=10 * store.NEARLY_FULL_BYTES))
+    with pytest.raises(RuntimeError, match=r"^basic_ios::clear: iostream error$"):  # room left: the error as it is
+        build_fake_export(dest, _fake_export_then(RuntimeError("basic_ios::clear: iostream error")))
 
 
 def test_a_full_disk_in_the_cache_names_the_cache_setting(tmp_path, monkeypatch):
