@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import bench, images, machine
+from helpers import bench, chat, images, machine
 from helpers.deep import busy, limits, stages
 
 
@@ -150,6 +150,18 @@ def test_a_profile_names_the_kernels_that_ran(tiny_fp32, tiny_processor):
     kernels = limits.profile(compiled, feed, repeats=1)
     assert kernels and all(" / " in k and v >= 0 for k, v in kernels.items())
     assert any(k.startswith(("FullyConnected", "MatMul")) for k in kernels)
+
+
+def test_one_decoding_step_is_profiled_after_generate(tiny_fp32, tiny_processor):
+    from optimum.intel import OVModelForVisualCausalLM
+
+    model = OVModelForVisualCausalLM.from_pretrained(tiny_fp32, ov_config={"INFERENCE_NUM_THREADS": 2,
+                                                                           "PERF_COUNT": True})
+    bench.time_generation(model, chat.question_inputs(tiny_processor, "Hello?"), 4)
+    step = limits.kernels_of_last_call(model.language_model.request)
+    assert step and all(" / " in k and n >= 1 and s >= 0 for k, (n, s) in step.items())
+    assert any(k.startswith("FullyConnected") for k in step)
+    assert list(step.values()) == sorted(step.values(), key=lambda v: -v[1])  # slowest first
 
 
 def test_a_fraction_is_kept_as_measured():
