@@ -141,8 +141,8 @@ def _compiles(xml: str, config: str) -> bool:
 
 def check_compiles(folder, config: dict) -> None:
     """A one-sentence ``RuntimeError`` where OpenVINO would kill the process compiling ``folder``'s language model
-    with ``config``: OpenVINO 2026.4's CPU plugin dies (SIGFPE) compiling FP32 weights in bf16 with one thread. So
-    with one thread the compile is tried first in a child process (once per folder and settings)."""
+    with ``config``: OpenVINO 2026.4's CPU plugin died (SIGFPE) on some CPUs compiling FP32 weights in bf16 with one
+    thread. So with one thread the compile is tried first in a child process (once per folder and settings)."""
     if int(config.get("INFERENCE_NUM_THREADS", 0)) != 1:
         return
     xml = Path(folder).resolve() / "openvino_language_model.xml"

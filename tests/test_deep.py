@@ -132,6 +132,15 @@ def test_the_documented_peak_is_per_cycle_times_cores_times_clock(monkeypatch):
     assert limits.documented_peak_gflops("bf16", 2, None) is None
 
 
+@pytest.mark.parametrize("vendor, family, flags, kind", [
+    ("AuthenticAMD", 25, "fma avx2 avx512f avx512_bf16", "zen4"), ("AuthenticAMD", 25, "fma avx2", "other"),  # Zen 3
+    ("AuthenticAMD", 26, "avx2 avx512f", "zen5"), ("GenuineIntel", 6, "avx2 avx512f amx_bf16", "intel"),
+    ("GenuineIntel", 6, "fma avx2 avx_vnni", "other")])  # an AVX2-only Intel laptop: no documented figure
+def test_the_documented_peaks_cover_only_the_cpus_they_describe(vendor, family, flags, kind):
+    cpuinfo = f"processor\t: 0\nvendor_id\t: {vendor}\ncpu family\t: {family}\nflags\t\t: fpu {flags}\n\nprocessor\t: 1\n"
+    assert limits.cpu_kind(cpuinfo) == kind
+
+
 def test_the_clock_is_measured_while_busy():
     clock = limits.measure_clock_ghz(5_000_000)
     assert clock is None or 0.3 < clock < 7.0

@@ -14,19 +14,23 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 # Operations per core and cycle, as the vendors document them (Intel 64 and IA-32 Architectures Optimization
-# Reference Manual; AMD Software Optimization Guides for families 19h and 1Ah): an FMA is 2 operations. Zen 4 runs
-# 512-bit instructions on 256-bit units in two cycles; Zen 5 (EPYC) has full 512-bit units.
+# Reference Manual; AMD Software Optimization Guides for families 19h and 1Ah): an FMA is 2 operations. Only CPUs with
+# AVX-512 are covered: Intel's row is a core with two 512-bit FMA units (a Xeon with one has half), Zen 4 runs 512-bit
+# instructions on 256-bit units in two cycles, Zen 5 (EPYC) has full 512-bit units. Elsewhere no documented figure.
 PER_CYCLE = {"intel": {"f32": 64, "bf16": 128, "int8": 256, "amx_bf16": 1024, "amx_int8": 2048},
              "zen4": {"f32": 32, "bf16": 64, "int8": 128}, "zen5": {"f32": 64, "bf16": 128, "int8": 256}}
 
 
-def cpu_kind() -> str:
-    """``intel``, ``zen4`` or ``zen5`` (AMD family 25 / 26), from /proc/cpuinfo; ``other`` elsewhere."""
+def cpu_kind(cpuinfo: str | None = None) -> str:
+    """``intel``, ``zen4`` or ``zen5`` (AMD family 25 / 26) for a CPU with AVX-512, from /proc/cpuinfo (or the text
+    ``cpuinfo``); ``other`` elsewhere (e.g. an AVX2-only laptop, or a Zen 3, which is family 25 too)."""
     try:
-        block = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
+        block = (cpuinfo if cpuinfo is not None else Path("/proc/cpuinfo").read_text()).split("\n\n")[0]
     except OSError:
         return "other"
     info = {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in block.splitlines())}
+    if "avx512f" not in info.get("flags", "").split():
+        return "other"
     if info.get("vendor_id") == "GenuineIntel":
         return "intel"
     return {"25": "zen4", "26": "zen5"}.get(info.get("cpu family", ""), "other")

@@ -26,8 +26,9 @@ from helpers import bench, chat, quality, standins, store
 from helpers.models import ModelChoice
 
 VERSION = "0.3.36"  # llama-cpp-python, whose source archive carries the converter we run
-# The language model's weights in llama.cpp's types (the vision projector stays F16). Q4_0, not Q4_K: k-quants need
-# rows that are multiples of 256, and SmolVLM2-256M's are 576 or 1536 long; Q4_0's blocks of 32 fit.
+# The language model's weights in llama.cpp's types (the vision projector stays F16). Q4_0, not Q4_K: k-quants work
+# in blocks of 256, and most of SmolVLM2-256M's rows are 576 long (they would fall back to other types); Q4_0's blocks
+# of 32 fit every row.
 LM_TYPES, MMPROJ = ("f16", "q8_0", "q4_0"), "mmproj-f16.gguf"
 # Tokens llama.cpp's SmolVLM image wrapper looks up as single tokens (tools/mtmd/mtmd.cpp); a missing one aborts.
 IMAGE_WRAPPER_TOKENS = ("\n\n", "\n", "<fake_token_around_image>", "<global-img>")
