@@ -78,7 +78,7 @@ def results_markdown(results: dict) -> str:
     m, model = results.get("machine", {}), results.get("model", {})
     parts = [f"# Results of `make run` ({results.get('created', '')})",
              f"Model `{model.get('slug')}`{' (stand-in: ' + model.get('note', '') + ')' if model.get('stand_in') else ''}"
-             f"; {m.get('cpu_model')}, {m.get('threads_used')} threads, OpenVINO computes in "
+             f"; {m.get('cpu_model')}, {m.get('threads_used')} threads, OpenVINO CPU capabilities "
              f"{', '.join(m.get('openvino_capabilities', []))}; plan `{results.get('plan', {}).get('mode')}`; "
              f"medians of the timed calls. Versions: "
              + ", ".join(f"{k} {v}" for k, v in results.get("versions", {}).items()) + "."]

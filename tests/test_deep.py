@@ -137,7 +137,8 @@ def test_the_documented_peak_is_per_cycle_times_cores_times_clock(monkeypatch):
     ("AuthenticAMD", 26, "avx2 avx512f", "zen5"), ("GenuineIntel", 6, "avx2 avx512f amx_bf16", "intel"),
     ("GenuineIntel", 6, "fma avx2 avx_vnni", "other")])  # an AVX2-only Intel laptop: no documented figure
 def test_the_documented_peaks_cover_only_the_cpus_they_describe(vendor, family, flags, kind):
-    cpuinfo = f"processor\t: 0\nvendor_id\t: {vendor}\ncpu family\t: {family}\nflags\t\t: fpu {flags}\n\nprocessor\t: 1\n"
+    cpuinfo = (f"processor\t: 0\nvendor_id\t: {vendor}\ncpu family\t: {family}\nflags\t\t: fpu {flags}\n\n"
+               "processor\t: 1\n")
     assert limits.cpu_kind(cpuinfo) == kind
 
 
