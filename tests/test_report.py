@@ -214,7 +214,7 @@ def test_markdown_has_the_machine_the_tables_the_pick_and_the_sources_ratios():
     text = run_series.results_markdown(results)
     sections = text.split("\n\n")
     assert sections[0] == "# Results of `make run` (2025-10-15 12:00:00)"
-    assert sections[1] == ("Model `synthetic-tiny` (stand-in: a stand-in); a CPU, 2 threads, OpenVINO computes in "
+    assert sections[1] == ("Model `synthetic-tiny` (stand-in: a stand-in); a CPU, 2 threads, OpenVINO CPU capabilities "
                            "FP32, BF16; plan `quick`; medians of the timed calls. Versions: openvino 2026.0.0, "
                            "optimum-intel 2.2.0.")
     assert sections[2] == "## blog: one tile (81 prompt tokens)"
