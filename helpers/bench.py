@@ -180,10 +180,10 @@ def runtime_precision(model) -> str:
 
 def threading(model) -> str:
     """How the runtime's threads wait for work (recorded beside each row: it decides who suffers from a busy core)."""
+    openmp = f"OpenMP, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}"
     if hasattr(model, "language_model") and hasattr(model.language_model, "request"):
-        return ("OpenVINO's TBB thread pool; the PyTorch operations inside generate use OpenMP, "
-                f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}")
-    return f"OpenMP, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}"
+        return f"OpenVINO's TBB thread pool; the PyTorch operations inside generate use {openmp}"
+    return openmp
 
 
 def free_memory() -> None:
