@@ -124,6 +124,26 @@ def test_one_generation_gives_consistent_figures(request, prepared, backend):
     assert figures["ttft_s"] + 5 * figures["tpot_s"] <= figures["e2e_s"] * 1.0001
 
 
+@pytest.mark.parametrize("backend", ["pytorch", "openvino"])
+def test_timed_calls_run_no_logits_processor(request, prepared, monkeypatch, backend):
+    # min_new_tokens and begin_suppress_tokens each add a per-step rule over the whole vocabulary; a timed call has
+    # neither, and still gets exactly the tokens it asks for
+    from transformers.generation.utils import GenerationMixin
+
+    model, seen, original = request.getfixturevalue(f"tiny_{backend}"), [], GenerationMixin._get_logits_processor
+
+    def spy(self, *args, **kwargs):
+        processors = original(self, *args, **kwargs)
+        seen.append(sorted(type(p).__name__ for p in processors))
+        return processors
+
+    monkeypatch.setattr(GenerationMixin, "_get_logits_processor", spy)
+    monkeypatch.setattr(model.generation_config, "begin_suppress_tokens", model.generation_config.eos_token_id)
+    model.generate(**prepared["text"].inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    assert "MinNewTokensLengthLogitsProcessor" in seen[-1] and "SuppressTokensAtBeginLogitsProcessor" in seen[-1]
+    assert bench.time_generation(model, prepared["text"].inputs, 5)["e2e_s"] > 0 and seen[-1] == []
+
+
 def test_time_per_token_needs_two_tokens_and_all_of_them(tiny_pytorch, prepared):
     with pytest.raises(ValueError, match="new_tokens must be >= 2 to measure time per token, got 1"):
         bench.time_generation(tiny_pytorch, prepared["blog"].inputs, 1)

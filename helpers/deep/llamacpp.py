@@ -243,10 +243,12 @@ def prompt(model: LlamaCppVLM, processor, question: str, image=None, max_image_t
     return result
 
 
-def generate(model: LlamaCppVLM, p: Prompt, max_new_tokens: int, min_new_tokens: int = 0, *,
+def generate(model: LlamaCppVLM, p: Prompt, max_new_tokens: int, min_new_tokens: int = 0, *, ends: bool = True,
              force: list[int] | None = None, logits: list | None = None) -> tuple[list[int], list[float], float, float]:
     """Greedy decoding: ``(new token ids, the time each was chosen, start, end)``, ``time.perf_counter()`` values.
     End-of-generation tokens are banned before ``min_new_tokens`` (as in transformers) and stop it after;
+    ``ends=False``: they neither stop it nor are banned (timing: exactly ``max_new_tokens``, as ``generate`` is
+    timed with ``bench.EXACT_LENGTH``);
     ``force``: teacher forcing, step ``i`` emits ``force[i]``; ``logits``: each step's raw logits are appended."""
     import llama_cpp
     import numpy as np
@@ -268,7 +270,7 @@ def generate(model: LlamaCppVLM, p: Prompt, max_new_tokens: int, min_new_tokens:
             (np.where(is_eog, -np.inf, scores) if len(tokens) < min_new_tokens else scores).argmax())
         tokens.append(token)
         times.append(time.perf_counter())
-        if len(tokens) >= max_new_tokens or (force is None and is_eog[token]):
+        if len(tokens) >= max_new_tokens or (force is None and ends and is_eog[token]):
             break
         if llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one((llama_cpp.llama_token * 1)(token), 1)) != 0:
             raise RuntimeError("llama_decode failed (is the context full? load with a larger n_ctx)")
@@ -277,7 +279,7 @@ def generate(model: LlamaCppVLM, p: Prompt, max_new_tokens: int, min_new_tokens:
 
 def time_generation(model: LlamaCppVLM, p: Prompt, new_tokens: int) -> dict:
     """One greedy generation of exactly ``new_tokens`` tokens, figures as :func:`helpers.bench.time_generation`."""
-    _, times, start, end = generate(model, p, new_tokens, new_tokens)
+    _, times, start, end = generate(model, p, new_tokens, ends=False)
     return bench.token_figures(start, times, end)
 
 

@@ -96,14 +96,14 @@ def split(events: list[tuple[str, float, float]], start: float, token_times: lis
 def measure(model, inputs, new_tokens: int, tiles: int | None, iterations: int = 1) -> dict:
     """:func:`split` of ``iterations`` timed generations (after the caller's warm-up): the first token of the
     median-TTFT run and the step of the median-TPOT run (so their parts still add up), and the median e2e."""
+    from helpers.bench import EXACT_LENGTH
     from helpers.chat import TokenClock
 
     runs = []
     for _ in range(max(iterations, 1)):
         with StageClock(model) as clock:
             times, start = TokenClock(), time.perf_counter()
-            model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                           streamer=times)
+            model.generate(**inputs, max_new_tokens=new_tokens, **EXACT_LENGTH, streamer=times)
             runs.append(split(clock.events, start, times.times, time.perf_counter(), tiles or 0))
     first = sorted(runs, key=lambda r: r["first_token"]["ttft"])[(len(runs) - 1) // 2]
     step = sorted(runs, key=lambda r: r["per_token"]["tpot"])[(len(runs) - 1) // 2]
