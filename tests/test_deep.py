@@ -98,13 +98,21 @@ def test_bytes_per_token_follow_the_precision_held_in_memory(tiny_fp32, tiny_pyt
 def test_read_bandwidth_by_two_methods_and_a_curve():
     figures = limits.read_bandwidth(16, 1, repeats=2)
     assert set(figures) == {"numpy_GB_s", "openvino_GB_s"} and all(0.5 < v < 5000 for v in figures.values())
-    curve = limits.bandwidth_curve([4, 64], [1])
+    curve = limits.bandwidth_curve([4, 64], [1], rounds=2)
     assert set(curve["1"]) == {"4", "64"}
     assert all(f["best_GB_s"] == max(f["numpy_GB_s"], f["openvino_GB_s"]) for f in curve["1"].values())
-    # the bound of a working set is the bandwidth measured at the smallest size that holds it
-    assert limits.bandwidth_at(curve, 1, 10) == curve["1"]["64"]["best_GB_s"]
-    assert limits.bandwidth_at(curve, 1, 4) == curve["1"]["4"]["best_GB_s"]
-    assert limits.bandwidth_at(curve, 1, 1000) == curve["1"]["64"]["best_GB_s"]
+    # a working set's bandwidth is the best measured at its size or any larger one (the largest, beyond all)
+    best = {size: f["best_GB_s"] for size, f in curve["1"].items()}
+    assert limits.bandwidth_at(curve, 1, 10) == best["64"] and limits.bandwidth_at(curve, 1, 1000) == best["64"]
+    assert limits.bandwidth_at(curve, 1, 4) == max(best.values())
+
+
+def test_a_bigger_buffer_read_faster_is_a_reading_of_the_smaller_one():
+    # 91 MB read slower than 134 and 270 MB in one run: noise, since a bigger buffer never reads faster
+    curve = {"2": {"8": {"best_GB_s": 83.0}, "86.34": {"best_GB_s": 34.9}, "91.26": {"best_GB_s": 24.8},
+                   "134.2": {"best_GB_s": 25.5}, "270.4": {"best_GB_s": 26.5}}}
+    assert limits.bandwidth_at(curve, 2, 91.26) == 26.5 and limits.bandwidth_at(curve, 2, 86.34) == 34.9
+    assert limits.bandwidth_at(curve, 2, 300) == 26.5 and limits.bandwidth_at(curve, 2, 1) == 83.0
 
 
 @pytest.mark.parametrize("precision, kernel", [("bf16", ("bf16", "amx_bf16", "f32")), ("int8", ("int8", "amx_int8"))])
