@@ -247,8 +247,8 @@ def generate(model: LlamaCppVLM, p: Prompt, max_new_tokens: int, min_new_tokens:
              force: list[int] | None = None, logits: list | None = None) -> tuple[list[int], list[float], float, float]:
     """Greedy decoding: ``(new token ids, the time each was chosen, start, end)``, ``time.perf_counter()`` values.
     End-of-generation tokens are banned before ``min_new_tokens`` (as in transformers) and stop it after;
-    ``ends=False``: they neither stop it nor are banned (timing: exactly ``max_new_tokens``, as ``generate`` is
-    timed with ``bench.EXACT_LENGTH``);
+    ``ends=False``: they never stop it, and with ``min_new_tokens=0`` none is banned (timing: exactly
+    ``max_new_tokens``, as ``generate`` is timed with ``bench.EXACT_LENGTH``);
     ``force``: teacher forcing, step ``i`` emits ``force[i]``; ``logits``: each step's raw logits are appended."""
     import llama_cpp
     import numpy as np
