@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 from helpers import quality, store
@@ -19,12 +20,19 @@ PURPOSES = {"photos": ("photo", "ttft_s", False), "long answers": ("text", "deco
 
 
 def save(results: dict, path: Path | None = None) -> Path:
-    """Write ``results`` to ``results.json`` in the runs folder (atomically: a temporary file renamed into place)."""
+    """Write ``results`` to ``results.json`` in the runs folder (atomically: a temporary file of this writer's own,
+    renamed into place, so two writers never mix their text)."""
     path = Path(path or store.runs_dir() / RESULTS_FILE)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(results, indent=2, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
-    os.replace(tmp, path)
+    text = json.dumps(results, indent=2, default=lambda v: v.item() if hasattr(v, "item") else str(v))
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".partial")
+    try:
+        with os.fdopen(fd, "w") as file:
+            file.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)  # a full disk leaves nothing half-written behind
+        raise
     return path
 
 
@@ -92,6 +100,9 @@ def recommendation_text(results: dict) -> str:
         if p["within_noise"]:
             line += f"; within the noise of the timings: {', '.join(p['within_noise'])}"
         for key in p["faster_but_unclear"]:
+            if key not in scores:  # timed, but its answers were not scored (it failed there)
+                line += f"; {key} is faster, but its quality was not measured"
+                continue
             ci = scores[key]["token_agreement_ci"]
             line += (f"; {key} is faster, but {scores[key]['samples']} questions are too few to tell whether its "
                      f"quality holds (token agreement [{ci[0]:.2f}, {ci[1]:.2f}])")

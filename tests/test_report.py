@@ -75,6 +75,18 @@ def test_results_round_trip_and_a_complete_file_has_no_problems(tmp_path):
     assert report.load(tmp_path / "none.json") == {}
 
 
+def test_a_failed_save_keeps_the_old_results_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    path = report.save({"first": 1}, tmp_path / "results.json")
+
+    def full_disk(*_):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report.os, "replace", full_disk)
+    with pytest.raises(OSError):
+        report.save({"second": 2}, path)
+    assert report.load(path) == {"first": 1} and not list(tmp_path.glob("*.partial"))
+
+
 def test_results_go_into_the_runs_folder_by_default(tmp_path, monkeypatch):
     monkeypatch.setenv("VLM_RUN_DIR", str(tmp_path / "runs"))
     assert report.save({"created": "now"}) == tmp_path / "runs" / "results.json"
@@ -193,6 +205,14 @@ def test_the_recommendation_follows_the_figures_and_the_quality_verdicts():
         "holds (token agreement [0.80, 0.95]); faster but worse than the baseline beyond noise: openvino-mixed.\n"
         "For long answers: openvino-int8, 60 tokens/s on the text workload; openvino-int4 is faster, but 30 "
         "questions are too few to tell whether its quality holds (token agreement [0.80, 0.95]).")
+
+
+def test_a_contender_timed_but_not_scored_is_named_not_a_crash():
+    results = _contest()
+    del results["quality"]["openvino-int4"]  # its answers failed after its timings were recorded
+    picks = report.recommend(results)
+    assert picks["photos"]["contender"] == "openvino-int8" and "openvino-int4" in picks["photos"]["faster_but_unclear"]
+    assert "openvino-int4 is faster, but its quality was not measured" in report.recommendation_text(results)
 
 
 def test_no_recommendation_without_quality_to_compare():
