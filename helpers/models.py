@@ -91,9 +91,14 @@ def hub_status(repo_id: str, timeout: float = HUB_TIMEOUT_S) -> str:
 
 
 def _in_hub_cache(repo_id: str) -> bool:
+    """True when the Hugging Face cache holds the model's config and weights (a download cut short may hold only
+    the config, which the export's first check fetches)."""
     from huggingface_hub import try_to_load_from_cache
 
-    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    def cached(name: str) -> bool:
+        return isinstance(try_to_load_from_cache(repo_id, name), str)
+
+    return cached("config.json") and (cached("model.safetensors") or cached("model.safetensors.index.json"))
 
 
 def resolve_model(requested: str | None = None) -> ModelChoice:
@@ -104,6 +109,8 @@ def resolve_model(requested: str | None = None) -> ModelChoice:
     if name in standins.SPECS:
         return ModelChoice(name, str(standins.build(name, standin_path(name))), name)
     folder = Path(name).expanduser()
+    if requested is None:  # VLM_MODEL: a relative folder is taken from the repository's root, as store's settings
+        folder = store.REPO_ROOT / folder
     if folder.is_dir() or name.startswith((".", "/", "~")):
         if not (folder / "config.json").is_file():
             raise ModelUnavailableError(

@@ -23,19 +23,26 @@ MARKER = "build.json"
 NEARLY_FULL_BYTES = 64 * 2**20  # a build that fails with less than this free on its disk failed for lack of space
 
 
+def setting_path(name: str, default: str) -> Path:
+    """The folder the setting ``name`` gives, a relative one taken from the repository's root (as ``make`` runs
+    there, while a notebook's kernel runs in ``notebooks/``); ``default`` (relative to the root) when unset."""
+    value = os.path.expanduser(os.environ.get(name, "").strip() or default)
+    return (REPO_ROOT / value).resolve()  # an absolute value stays as it is
+
+
 def models_dir() -> Path:
     """Exported and quantized models (``VLM_MODELS_DIR``, default ``<repo>/models``)."""
-    return Path(os.environ.get("VLM_MODELS_DIR", REPO_ROOT / "models")).resolve()
+    return setting_path("VLM_MODELS_DIR", "models")
 
 
 def cache_dir() -> Path:
     """Stand-ins, prefetched models, llama.cpp's sources (``VLM_CACHE``, default ``<repo>/cache``)."""
-    return Path(os.environ.get("VLM_CACHE", REPO_ROOT / "cache")).resolve()
+    return setting_path("VLM_CACHE", "cache")
 
 
 def runs_dir() -> Path:
     """Executed notebooks and results of ``make run`` (``VLM_RUN_DIR``, default ``<repo>/runs/latest``)."""
-    return Path(os.environ.get("VLM_RUN_DIR", REPO_ROOT / "runs" / "latest")).resolve()
+    return setting_path("VLM_RUN_DIR", "runs/latest")
 
 
 class NotWritableError(RuntimeError):
@@ -47,15 +54,24 @@ class InsufficientDiskSpaceError(RuntimeError):
 
 
 def _setting_for(dest: Path) -> str:
-    for setting, root in (("VLM_MODELS_DIR", models_dir()), ("VLM_CACHE", cache_dir())):
-        if Path(dest).resolve().is_relative_to(root):
+    """The setting that moves ``dest``: the course's folders, the Hugging Face cache, or temporary files."""
+    import tempfile
+
+    from huggingface_hub import constants
+
+    for setting, root in (("VLM_MODELS_DIR", models_dir()), ("VLM_CACHE", cache_dir()),
+                          ("HF_HOME", Path(constants.HF_HOME)), ("TMPDIR", Path(tempfile.gettempdir()))):
+        if Path(dest).resolve().is_relative_to(root.resolve()):
             return setting
     return "VLM_MODELS_DIR or VLM_CACHE"
 
 
 def disk_error(dest: Path, err: BaseException) -> RuntimeError | None:
-    """The one-sentence error for a disk problem ``err`` while writing ``dest``; ``None`` for other errors."""
-    code, text = getattr(err, "errno", None), str(err)
+    """The one-sentence error for a disk problem ``err`` while building ``dest`` (naming the file it names when
+    that is elsewhere, e.g. in the Hugging Face cache); ``None`` for other errors."""
+    code, text, elsewhere = getattr(err, "errno", None), str(err), getattr(err, "filename", None)
+    if elsewhere and not Path(elsewhere).resolve().is_relative_to(Path(dest).resolve().parent):
+        dest = Path(elsewhere)
     if code in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in text:
         return InsufficientDiskSpaceError(
             f"The disk ran full while writing {dest}; nothing half-written was kept. Free some space "

@@ -21,7 +21,7 @@ TEST_RUN_DIR = REPO / "runs" / "test"
 
 
 def _inside(path: str | os.PathLike, *roots: Path) -> bool:
-    resolved = Path(path).expanduser().resolve()  # relative to the working directory, as helpers.store reads it
+    resolved = (REPO / Path(path).expanduser()).resolve()  # relative to the repository's root, as store reads it
     return any(resolved == root or resolved.is_relative_to(root) for root in roots)
 
 

@@ -44,6 +44,13 @@ def test_local_folder_is_used_and_a_standin_folder_is_recognised(tiny_standin, t
     assert choice.is_standin and choice.slug == "my-copy" and choice.standin_name == "synthetic-tiny"
 
 
+def test_a_relative_vlm_model_folder_is_taken_from_the_repository_root(tiny_standin, tmp_path, monkeypatch):
+    shutil.copytree(tiny_standin, tmp_path / "mine")
+    monkeypatch.setenv("VLM_MODEL", os.path.relpath(tmp_path / "mine", REPO_ROOT))  # as given to `make run`
+    monkeypatch.chdir(tmp_path.parent)  # the kernel runs elsewhere (notebooks/)
+    assert models.resolve_model().source == str(tmp_path / "mine")
+
+
 def test_a_users_own_folder_is_used_as_it_is_and_said_so(tiny_standin, tmp_path):
     folder = tmp_path / "my-vlm"
     shutil.copytree(tiny_standin, folder)
@@ -128,6 +135,20 @@ def test_a_model_in_the_hub_cache_is_used_offline(offline, monkeypatch, tmp_path
     monkeypatch.setattr(models, "_in_hub_cache", lambda repo_id: True)
     monkeypatch.setattr(models, "hub_status", lambda repo_id: pytest.fail("must not ask the Hub"))
     assert models.resolve_model(DEFAULT) == models.ModelChoice(DEFAULT, DEFAULT, "SmolVLM2-256M-Video-Instruct")
+
+
+def test_a_hub_cache_with_a_config_but_no_weights_is_not_a_usable_model(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    snapshot = tmp_path / "models--someone--some-vlm" / "snapshots" / "abc"
+    snapshot.mkdir(parents=True)
+    (tmp_path / "models--someone--some-vlm" / "refs").mkdir()
+    (tmp_path / "models--someone--some-vlm" / "refs" / "main").write_text("abc")
+    (snapshot / "config.json").write_text("{}")
+    assert not models._in_hub_cache("someone/some-vlm")  # a download cut short after the config
+    (snapshot / "model.safetensors").write_bytes(b"weights")
+    assert models._in_hub_cache("someone/some-vlm")
 
 
 def test_prefetched_folder_is_found_offline(offline, monkeypatch, tmp_path, tiny_standin):

@@ -173,6 +173,18 @@ def test_a_read_only_models_folder_is_said_with_the_way_out(tmp_path, monkeypatc
                               "write to, then run again.")
 
 
+def test_a_full_disk_elsewhere_names_that_place_and_its_setting(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("VLM_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setattr(constants, "HF_HOME", str(tmp_path / "hf"))
+    dest, blob = tmp_path / "models" / "m" / "fp32", tmp_path / "hf" / "hub" / "blob"
+    problem = store.disk_error(dest, OSError(errno.ENOSPC, "No space left on device", str(blob)))
+    assert str(problem).startswith(f"The disk ran full while writing {blob};") and "set HF_HOME to" in str(problem)
+    inside = store.disk_error(dest, OSError(errno.ENOSPC, "No space left on device", str(dest) + ".partial/x.bin"))
+    assert f"while writing {dest};" in str(inside) and "set VLM_MODELS_DIR to" in str(inside)
+
+
 def test_other_errors_are_not_taken_for_disk_errors(tmp_path):
     assert store.disk_error(tmp_path, OSError(errno.ENOENT, "No such file")) is None
     assert store.disk_error(tmp_path, ValueError("bad value")) is None
@@ -228,6 +240,17 @@ def test_the_tests_never_write_where_make_run_writes():
     ({"VLM_RUN_DIR": "runs/latest", "VLM_MODELS_DIR": "/tmp/my-models"}, (TEST_RUN_DIR, Path("/tmp/my-models"))),
 ])
 def test_a_session_moves_away_from_make_runs_folders_even_when_they_were_exported(monkeypatch, exported, expected):
-    monkeypatch.chdir(REPO)  # relative settings are read from the working directory, as `make` runs
+    monkeypatch.chdir(REPO / "notebooks")  # a notebook's kernel runs here; relative settings are the root's
     found = session_folders(exported)
-    assert (Path(found["VLM_RUN_DIR"]).resolve(), Path(found["VLM_MODELS_DIR"]).resolve()) == expected
+    assert (REPO / found["VLM_RUN_DIR"], REPO / found["VLM_MODELS_DIR"]) == expected
+
+
+def test_relative_folder_settings_are_taken_from_the_repository_root_wherever_the_process_runs(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # as a notebook's kernel, which runs in notebooks/, not where `make` ran
+    monkeypatch.setenv("VLM_RUN_DIR", "myruns")
+    monkeypatch.setenv("VLM_CACHE", "~/vlm-cache")
+    monkeypatch.setenv("VLM_MODELS_DIR", str(tmp_path / "m"))
+    assert store.runs_dir() == REPO / "myruns" and store.models_dir() == tmp_path / "m"
+    assert store.cache_dir() == Path.home() / "vlm-cache"
+    monkeypatch.setenv("VLM_RUN_DIR", " ")
+    assert store.runs_dir() == REPO / "runs" / "latest"
