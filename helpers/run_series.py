@@ -24,7 +24,7 @@ def execute_notebook(path: Path, out_dir: Path) -> dict:
     """Execute one notebook cell by cell with a progress bar; write executed .ipynb and .html to ``out_dir``."""
     import nbformat
     from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
+    from nbclient.exceptions import CellExecutionError, DeadKernelError
     from nbconvert import HTMLExporter
     from tqdm import tqdm
 
@@ -42,6 +42,9 @@ def execute_notebook(path: Path, out_dir: Path) -> dict:
             client.set_widgets_metadata()  # so the executed .ipynb and .html show the widgets, not just text
     except CellExecutionError as err:
         record.update(status="failed", error=re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip().splitlines()[-1][:500])
+    except DeadKernelError:
+        record.update(status="failed", error="the notebook's Python process (its kernel) died, often from running out "
+                                             "of memory: close other programs, or run the notebook alone to see where")
     finally:
         record["seconds"] = round(time.perf_counter() - start, 1)
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,14 @@ def test_a_failing_notebook_is_recorded_with_its_error(tmp_path):
     assert "no such photo" in executed and "afterwards" not in executed  # stopped at the failing cell
 
 
+def test_a_notebook_whose_kernel_dies_is_recorded_in_one_sentence(tmp_path):
+    path = _notebook(tmp_path / "03_dies.ipynb", "import os\nos._exit(9)  # as the kernel killed for lack of memory",
+                     "print('never')")
+    record = run_series.execute_notebook(path, tmp_path / "out")
+    assert record["status"] == "failed" and record["error"].startswith("the notebook's Python process (its kernel) died")
+    assert (tmp_path / "out" / "03_dies.html").is_file()
+
+
 def test_the_install_is_recorded():
     import sys
 
