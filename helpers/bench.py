@@ -40,7 +40,6 @@ class Plan:
     text_samples: int | None  # text questions of data/text_questions.jsonl (None: all 43)
     eval_new_tokens: int  # longest answer in the quality evaluation
     sweep_iterations: int  # notebook 05: timed calls per point of a sweep
-    llamacpp_types: tuple[str, ...]  # notebook 05: GGUF types of the language model run in llama.cpp
 
     def as_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
@@ -54,9 +53,9 @@ DEFAULT_CONTENDERS = ("pytorch-fp32", "openvino-fp32", "openvino-int8", "openvin
 
 def plan(mode: str | None = None) -> Plan:
     """The plan for ``mode`` (default: :func:`plan_mode`)."""
-    plans = {"quick": Plan("quick", None, 1024, 1, 2, 2, 3, 8, 1, ("q4_0",)),
-             "default": Plan("default", DEFAULT_CONTENDERS, 1024, 1, 3, 2, 16, 24, 1, ("q4_0",)),
-             "full": Plan("full", None, None, 1, 5, 12, None, 24, 3, ("f16", "q8_0", "q4_0"))}
+    plans = {"quick": Plan("quick", None, 1024, 1, 2, 2, 3, 8, 1),
+             "default": Plan("default", DEFAULT_CONTENDERS, 1024, 1, 3, 2, 16, 24, 1),
+             "full": Plan("full", None, None, 1, 5, 12, None, 24, 3)}
     if (mode or plan_mode()) not in plans:
         raise ValueError(f"plan mode {mode!r} is not one of {', '.join(plans)}")
     return plans[mode or plan_mode()]
@@ -110,11 +109,10 @@ def prepare_workloads(processor, photo_edge: int | None = None) -> dict[str, Pre
             start = time.perf_counter()
             inputs = chat.question_inputs(processor, w.question, image, longest_edge=edge)
             seconds.append(time.perf_counter() - start)
-        pixels = inputs.get("pixel_values")
         facts = {"photo": w.photo, "longest_edge": edge, "question": w.question, "new_tokens": w.new_tokens,
                  "description": w.description, "prompt_tokens": int(inputs["input_ids"].shape[1]),
                  "image_tokens": chat.image_token_count(processor, inputs),
-                 "image_tiles": int(pixels.shape[1]) if pixels is not None and pixels.ndim == 5 else None,
+                 "image_tiles": chat.tile_count(inputs),
                  "preprocess_s": significant(min(seconds))}
         prepared[name] = PreparedWorkload(w, inputs, facts)
     return prepared
@@ -146,6 +144,8 @@ def time_generation(model, inputs, new_tokens: int) -> dict:
 
 def token_figures(start: float, times: list[float], end: float) -> dict:
     """TTFT, TPOT, decode tokens/s and end-to-end of one generation from its token clock."""
+    if len(times) < 2:
+        raise ValueError(f"a time per token needs at least 2 new tokens, got {len(times)}")
     tpot = (times[-1] - times[0]) / (len(times) - 1)
     return {"ttft_s": times[0] - start, "tpot_s": tpot, "decode_tok_s": 1.0 / tpot, "e2e_s": end - start}
 
@@ -208,10 +208,12 @@ def free_memory() -> None:
 @contextmanager
 def measuring(record: dict, load: Callable[[], Any], name: str = "this contender") -> Iterator[Any]:
     """``with measuring(record, load, name) as model:`` times ``load()`` into ``record["load_s"]``, then records the
-    peak memory and the share of the CPU other programs took while the block ran, and frees the model at the end. A
+    peak memory and the share of the CPU other programs took while the block ran, and frees the model at the end
+    (``del model`` after the block, so the caller's name lets go too: else the next contender's peak holds it). A
     failure, loading or in the block, is recorded as ``record["error"]`` (the model is then ``None``): one broken
     contender must not cost the whole run."""
     model = None
+    free_memory()  # what an earlier contender left in the heap, before this one's peak is counted
     try:
         with machine.peak_memory() as memory, machine.CpuCompetition() as others:
             try:

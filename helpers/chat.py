@@ -221,6 +221,13 @@ class Reply:
         return f"{self.text}\n[{self.stats_line()}]"
 
 
+def tile_count(inputs) -> int | None:
+    """The tiles (and video frames) in prepared ``inputs``: SmolVLM's pixel values are (images, tiles, 3, h, w);
+    ``None`` for a processor that does not cut tiles."""
+    pixels = inputs.get("pixel_values")
+    return int(pixels.shape[0] * pixels.shape[1]) if pixels is not None and pixels.ndim == 5 else None
+
+
 def image_token_count(processor, inputs) -> int:
     token = getattr(processor, "image_token_id", None)
     return int((inputs["input_ids"] == token).sum()) if token is not None else 0
@@ -241,11 +248,9 @@ def stream(model, processor, inputs, *, max_new_tokens: int = 64, on_text: Calla
     start = time.perf_counter()
     model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, streamer=clock)
     end = time.perf_counter()
-    pixels = inputs.get("pixel_values")
-    tiles = int(pixels.shape[0] * pixels.shape[1]) if pixels is not None and pixels.ndim == 5 else None
     return Reply(text="".join(clock.pieces).strip(), token_ids=tuple(clock.tokens), prompt_tokens=prompt_tokens,
-                 image_tokens=image_token_count(processor, inputs), tiles=tiles, preprocess_s=preprocess_s,
-                 ttft_s=(clock.times[0] if clock.times else end) - start,
+                 image_tokens=image_token_count(processor, inputs), tiles=tile_count(inputs),
+                 preprocess_s=preprocess_s, ttft_s=(clock.times[0] if clock.times else end) - start,
                  decode_s=(clock.times[-1] - clock.times[0]) if clock.times else 0.0,
                  total_s=preprocess_s + end - start)
 

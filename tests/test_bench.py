@@ -76,7 +76,6 @@ def test_the_default_plan_measures_less_than_the_full_one():
     assert default.contenders == bench.DEFAULT_CONTENDERS
     assert {"pytorch-fp32", "openvino-int4"} <= set(default.contenders)
     assert "openvino-int4-awq" not in default.contenders
-    assert default.llamacpp_types == ("q4_0",) and set(default.llamacpp_types) < set(full.llamacpp_types)
     # every workload is warmed up once, in every plan
     assert quick.warmup == default.warmup == full.warmup == 1 and list(bench.WORKLOADS)[0] == "blog"
     assert json.loads(json.dumps(default.as_dict()))["contenders"] == list(bench.DEFAULT_CONTENDERS)
@@ -112,6 +111,8 @@ def test_significant_keeps_four_figures(value, expected):
 def test_token_figures_follow_the_definitions():
     figures = bench.token_figures(10.0, [11.0, 11.5, 12.0], 12.5)
     assert figures == {"ttft_s": 1.0, "tpot_s": 0.5, "decode_tok_s": 2.0, "e2e_s": 2.5}
+    with pytest.raises(ValueError, match="a time per token needs at least 2 new tokens, got 1"):
+        bench.token_figures(10.0, [11.0], 11.5)  # llama.cpp's timing asked for one token: one sentence, no ZeroDivision
 
 
 @pytest.mark.parametrize("backend", ["pytorch", "openvino"])
@@ -300,6 +301,7 @@ def test_notebook_04_in_miniature_writes_a_complete_results_file(tiny, tiny_fp32
             if model is not None:
                 record.update(bench.measure(model, prepared, plan))
                 answers[key] = quality.answer_all(model, processor, samples, 4, baseline=answers.get("pytorch-fp32"))
+        del model
     results = {"created": time.strftime("%Y-%m-%d %H:%M:%S"), "plan": plan.as_dict(),
                "machine": machine.facts(threads), "versions": machine.versions(),
                "model": {"requested": tiny.requested, "slug": tiny.slug, "stand_in": tiny.is_standin,

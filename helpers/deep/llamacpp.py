@@ -22,14 +22,14 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from helpers import bench, chat, quality, standins, store
+from helpers import bench, chat, images, standins, store
 from helpers.models import ModelChoice
 
 VERSION = "0.3.36"  # llama-cpp-python, whose source archive carries the converter we run
 # The language model's weights in llama.cpp's types (the vision projector stays F16). Q4_0, not Q4_K: k-quants work
 # in blocks of 256, and most of SmolVLM2-256M's rows are 576 long (they would fall back to other types); Q4_0's blocks
 # of 32 fit every row.
-LM_TYPES, MMPROJ = ("f16", "q8_0", "q4_0"), "mmproj-f16.gguf"
+LM_TYPES, MMPROJ = ("f16", "q4_0"), "mmproj-f16.gguf"
 # Tokens llama.cpp's SmolVLM image wrapper looks up as single tokens (tools/mtmd/mtmd.cpp); a missing one aborts.
 IMAGE_WRAPPER_TOKENS = ("\n\n", "\n", "<fake_token_around_image>", "<global-img>")
 
@@ -134,8 +134,7 @@ def convert(choice: ModelChoice, *, force: bool = False) -> Path:
                 if path.name != "config.json":
                     (model_dir / path.name).symlink_to(path.resolve())
             (model_dir / "config.json").write_text(json.dumps(config))
-            for lm_type in ("f16", "q8_0"):
-                _convert_one(model_dir, folder / lm_file(lm_type), lm_type)
+            _convert_one(model_dir, folder / lm_file("f16"), "f16")
             _convert_one(model_dir, folder / MMPROJ, "f16", mmproj=True)
         params = llama_cpp.llama_model_quantize_default_params()  # the converter has no Q4_0: llama.cpp's quantizer
         params.nthread, params.ftype = 2, llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0
@@ -212,11 +211,10 @@ def prompt(model: LlamaCppVLM, processor, question: str, image=None, max_image_t
     """``question`` (and ``image``: a PIL image or a path) in the model's chat template, tokenized by mtmd, which
     resizes and tiles the image itself (its time: ``facts["preprocess_s"]``, kept out of TTFT as bench does)."""
     from llama_cpp import mtmd_cpp
-    from PIL import Image
 
     ctx, start, bitmaps = model.vision(max_image_tokens), time.perf_counter(), []
     if image is not None:
-        image = (image if isinstance(image, Image.Image) else Image.open(image)).convert("RGB")
+        image = images.load_image(image)  # as the course loads every image: upright, 8-bit RGB, at most 2048 px
         pixels = bytearray(image.tobytes())
         bitmaps.append(mtmd_cpp.mtmd_bitmap_init(image.width, image.height,
                                                   (ctypes.c_uint8 * len(pixels)).from_buffer(pixels)))
@@ -295,22 +293,3 @@ def prepare(model: LlamaCppVLM, processor, prepared: dict[str, bench.PreparedWor
         mine = prompt(model, processor, w.question, data.photo_path(w.photo) if w.photo else None, budget)
         ours[name] = bench.PreparedWorkload(w, mine, {**mine.facts, "max_image_tokens": budget})
     return ours
-
-
-def answer_all(model: LlamaCppVLM, processor, samples: list, max_new_tokens: int, baseline: list) -> list:
-    """:func:`helpers.quality.answer_all` for llama.cpp: each sample answered greedily (at least one token) and scored
-    by teacher forcing on the baseline's answer. Photos go through llama.cpp's own preprocessing at one tile's token
-    budget (``processor.image_seq_len``), so their input is close to, not the same as, the baseline's."""
-    import numpy as np
-    import torch
-
-    answers = []
-    for sample, ref in zip(samples, baseline):
-        p = prompt(model, processor, sample.question, sample.image, processor.image_seq_len)
-        tokens = generate(model, p, max_new_tokens, min_new_tokens=1)[0]
-        forced: list = []
-        generate(model, p, 0, force=ref.tokens, logits=forced)
-        text = model.llm.detokenize([t for t in tokens if t not in model.eog]).decode(errors="replace").strip()
-        answers.append(quality.EvalAnswer(tokens, text, scores=quality.token_metrics(
-            ref.logits, torch.from_numpy(np.stack(forced)), ref.tokens)))
-    return answers
