@@ -204,7 +204,8 @@ def build(dest: Path, make: Callable[[Path], None], *, facts: dict | None = None
             if missing:
                 raise RuntimeError(f"the build into {tmp} did not produce {', '.join(missing)}; nothing was moved "
                                    "into place")
-            files = {f.name: f.stat().st_size for f in sorted(tmp.iterdir()) if f.is_file() and f.name != MARKER}
+            files = {f.relative_to(tmp).as_posix(): f.stat().st_size for f in sorted(tmp.rglob("*"))
+                     if f.is_file() and f != tmp / MARKER}  # subfolders too (llama.cpp's converter has some)
             marker = {"facts": facts or {}, "files": files, **cost, "built": time.strftime("%Y-%m-%d %H:%M:%S")}
             (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         except BaseException as err:

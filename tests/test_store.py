@@ -219,6 +219,17 @@ def test_a_copy_of_a_built_folder_is_built_as_a_whole(tmp_path):
     assert store.problems(copy, required=["config.json"]) == [] and store.record(copy)["files"] == {"config.json": 2}
 
 
+def test_damage_in_a_subfolder_is_found_too(tmp_path):
+    def make(folder):
+        (folder / "gguf-py").mkdir()
+        (folder / "gguf-py" / "reader.py").write_text("12345")
+
+    dest = store.build(tmp_path / "converter", make, quiet=True)
+    assert store.record(dest)["files"] == {"gguf-py/reader.py": 5} and store.problems(dest) == []
+    (dest / "gguf-py" / "reader.py").write_text("1")
+    assert store.problems(dest) == ["gguf-py/reader.py is 1 bytes but was 5 bytes when written"]
+
+
 # --- the test session's folders ---------------------------------------------------------------------------------
 
 
