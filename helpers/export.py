@@ -117,8 +117,14 @@ def run_cli(command: list[str], dest: Path, choice: ModelChoice, *, force: bool 
 
 
 def estimate_bytes(source: str) -> int | None:
-    """Disk an FP32 export of ``source`` needs, from its weights (``None`` until it is on disk)."""
+    """Disk an FP32 export of ``source`` needs, from its weights (``None`` until they are on disk: a folder, or a Hub
+    id's snapshot in the Hugging Face cache)."""
     folder = Path(source)
+    if not folder.is_dir():
+        from huggingface_hub import try_to_load_from_cache
+
+        config = try_to_load_from_cache(str(source), "config.json")
+        folder = Path(config).parent if isinstance(config, str) else folder
     weights = list(folder.glob("*.safetensors")) if folder.is_dir() else []
     if not weights:
         return None

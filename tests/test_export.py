@@ -205,6 +205,20 @@ def test_not_enough_disk_is_said_before_writing(tmp_path, monkeypatch, capsys):
     assert not dest.exists() and not (tmp_path / "fp32.partial").exists()
 
 
+def test_the_disk_an_export_needs_is_estimated_for_a_hub_id_in_the_cache_too(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    repo = tmp_path / "models--someone--some-vlm"
+    (repo / "snapshots" / "abc").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc")
+    assert export.estimate_bytes("someone/some-vlm") is None  # not downloaded yet
+    (repo / "snapshots" / "abc" / "config.json").write_text(json.dumps({"torch_dtype": "bfloat16"}))
+    (repo / "snapshots" / "abc" / "model.safetensors").write_bytes(b"0" * 1000)
+    assert export.estimate_bytes("someone/some-vlm") == 2200  # bf16 weights become FP32, plus a tenth
+
+
 def _kill_midway(code: str, env: dict, partial) -> None:
     """Run ``code`` in a new process and kill it (SIGKILL) a second after ``partial`` appears."""
     victim = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True,
