@@ -70,7 +70,7 @@ def disk_error(dest: Path, err: BaseException) -> RuntimeError | None:
     """The one-sentence error for a disk problem ``err`` while building ``dest`` (naming the file it names when
     that is elsewhere, e.g. in the Hugging Face cache); ``None`` for other errors."""
     code, text, elsewhere = getattr(err, "errno", None), str(err), getattr(err, "filename", None)
-    if elsewhere and not Path(elsewhere).resolve().is_relative_to(Path(dest).resolve().parent):
+    if isinstance(elsewhere, str) and not Path(elsewhere).resolve().is_relative_to(Path(dest).resolve().parent):
         dest = Path(elsewhere)
     if code in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in text:
         return InsufficientDiskSpaceError(
