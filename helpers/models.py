@@ -108,9 +108,7 @@ def resolve_model(requested: str | None = None) -> ModelChoice:
     name = explicit or DEFAULT_MODEL_ID
     if name in standins.SPECS:
         return ModelChoice(name, str(standins.build(name, standin_path(name))), name)
-    folder = Path(name).expanduser()
-    if requested is None:  # VLM_MODEL: a relative folder is taken from the repository's root, as store's settings
-        folder = store.REPO_ROOT / folder
+    folder = store.from_root(name) if requested is None else Path(name).expanduser()  # VLM_MODEL: a setting
     if folder.is_dir() or name.startswith((".", "/", "~")):
         if not (folder / "config.json").is_file():
             raise ModelUnavailableError(

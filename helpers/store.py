@@ -23,11 +23,15 @@ MARKER = "build.json"
 NEARLY_FULL_BYTES = 64 * 2**20  # a build that fails with less than this free on its disk failed for lack of space
 
 
+def from_root(path: str | os.PathLike) -> Path:
+    """``path`` as a setting means it: ``~`` expanded, a relative one taken from the repository's root (``make``
+    runs there, while a notebook's kernel runs in ``notebooks/``), an absolute one as it is."""
+    return (REPO_ROOT / Path(path).expanduser()).resolve()
+
+
 def setting_path(name: str, default: str) -> Path:
-    """The folder the setting ``name`` gives, a relative one taken from the repository's root (as ``make`` runs
-    there, while a notebook's kernel runs in ``notebooks/``); ``default`` (relative to the root) when unset."""
-    value = os.path.expanduser(os.environ.get(name, "").strip() or default)
-    return (REPO_ROOT / value).resolve()  # an absolute value stays as it is
+    """The folder the setting ``name`` gives (:func:`from_root`); ``default`` (relative to the root) when unset."""
+    return from_root(os.environ.get(name, "").strip() or default)
 
 
 def models_dir() -> Path:

@@ -127,6 +127,21 @@ def fake_export(folder) -> None:
         (folder / f"openvino_{stem}.bin").write_bytes(b"\0" * 10)
 
 
+def fake_hub_cache(monkeypatch, root: Path, repo_id: str, files: dict[str, bytes]) -> Path:
+    """A Hugging Face cache in ``root`` (made the cache for this test) holding ``files`` of ``repo_id``'s main
+    revision, laid out as huggingface_hub lays it out; the snapshot folder."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(root))
+    repo = root / f"models--{repo_id.replace('/', '--')}"
+    (repo / "snapshots" / "abc").mkdir(parents=True, exist_ok=True)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text("abc")
+    for name, data in files.items():
+        (repo / "snapshots" / "abc" / name).write_bytes(data)
+    return repo / "snapshots" / "abc"
+
+
 def build_fake_export(dest, make=fake_export, **options) -> Path:
     """``dest`` built by ``make`` as :func:`helpers.export.export_fp32` builds an export: the facts of this
     environment, the files an export requires."""

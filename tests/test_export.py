@@ -12,7 +12,7 @@ from importlib.metadata import version
 
 import pytest
 
-from conftest import build_fake_export, fake_export
+from conftest import build_fake_export, fake_export, fake_hub_cache
 from helpers import export, standins, store
 from helpers.models import ModelChoice
 
@@ -206,16 +206,10 @@ def test_not_enough_disk_is_said_before_writing(tmp_path, monkeypatch, capsys):
 
 
 def test_the_disk_an_export_needs_is_estimated_for_a_hub_id_in_the_cache_too(tmp_path, monkeypatch):
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
-    repo = tmp_path / "models--someone--some-vlm"
-    (repo / "snapshots" / "abc").mkdir(parents=True)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text("abc")
+    fake_hub_cache(monkeypatch, tmp_path, "someone/some-vlm", {})
     assert export.estimate_bytes("someone/some-vlm") is None  # not downloaded yet
-    (repo / "snapshots" / "abc" / "config.json").write_text(json.dumps({"torch_dtype": "bfloat16"}))
-    (repo / "snapshots" / "abc" / "model.safetensors").write_bytes(b"0" * 1000)
+    config = json.dumps({"torch_dtype": "bfloat16"}).encode()
+    fake_hub_cache(monkeypatch, tmp_path, "someone/some-vlm", {"config.json": config, "model.safetensors": b"0" * 1000})
     assert export.estimate_bytes("someone/some-vlm") == 2200  # bf16 weights become FP32, plus a tenth
 
 

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from conftest import fake_hub_cache
 from helpers import models, standins
 from helpers.store import REPO_ROOT
 
@@ -138,16 +139,9 @@ def test_a_model_in_the_hub_cache_is_used_offline(offline, monkeypatch, tmp_path
 
 
 def test_a_hub_cache_with_a_config_but_no_weights_is_not_a_usable_model(monkeypatch, tmp_path):
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
-    snapshot = tmp_path / "models--someone--some-vlm" / "snapshots" / "abc"
-    snapshot.mkdir(parents=True)
-    (tmp_path / "models--someone--some-vlm" / "refs").mkdir()
-    (tmp_path / "models--someone--some-vlm" / "refs" / "main").write_text("abc")
-    (snapshot / "config.json").write_text("{}")
+    fake_hub_cache(monkeypatch, tmp_path, "someone/some-vlm", {"config.json": b"{}"})
     assert not models._in_hub_cache("someone/some-vlm")  # a download cut short after the config
-    (snapshot / "model.safetensors").write_bytes(b"weights")
+    fake_hub_cache(monkeypatch, tmp_path, "someone/some-vlm", {"model.safetensors": b"weights"})
     assert models._in_hub_cache("someone/some-vlm")
 
 
